@@ -1,0 +1,529 @@
+"""Header names and typed header views (RFC 3261 §7.3, §20, §25.1).
+
+Invariants: header names are matched through ``header_key`` (lower case, compact forms expanded);
+typed views are built from the raw value text on demand and never change the message. Each view
+keeps the raw text of its value (``raw``) so a proxy can forward values it did not edit unchanged.
+Splitting a comma-separated header respects quoted strings and angle brackets.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ParseError
+from .uri import URI, SipURI, parse_uri
+
+# RFC 3261 §7.3.3 compact forms plus the common registered ones.
+COMPACT_FORMS: dict[str, str] = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "r": "refer-to",
+    "b": "referred-by",
+    "u": "allow-events",
+    "x": "session-expires",
+    "y": "identity",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "n": "identity-info",
+}
+
+# How this server spells the headers it writes.
+CANONICAL_NAMES: dict[str, str] = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "mime-version": "MIME-Version",
+    "flow-timer": "Flow-Timer",
+}
+
+# Headers that may appear once only (RFC 3261 §7.3.1; RFC 4475 §3.3.8 multi01).
+SINGLE_VALUED = frozenset(
+    {"call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type", "expires"}
+)
+
+_key_cache: dict[str, str] = {}
+
+
+def header_key(name: str) -> str:
+    """Lower-case name with compact forms expanded: the key headers are matched by."""
+    key = _key_cache.get(name)
+    if key is None:
+        low = name.lower()
+        key = COMPACT_FORMS.get(low, low)
+        if len(_key_cache) < 4096:
+            _key_cache[name] = key
+    return key
+
+
+def canonical_name(key: str) -> str:
+    name = CANONICAL_NAMES.get(key)
+    if name is None:
+        name = "-".join(part.capitalize() for part in key.split("-"))
+    return name
+
+
+_TOKEN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
+
+
+def is_token(text: str) -> bool:
+    return bool(text) and _TOKEN_CHARS.issuperset(text)
+
+
+def split_commas(value: str) -> list[str]:
+    """Split a header value at commas outside quoted strings and <...>; values are stripped."""
+    if "," not in value:
+        v = value.strip()
+        return [v] if v else []
+    if '"' not in value and "<" not in value:
+        return [v for v in (p.strip() for p in value.split(",")) if v]
+    parts: list[str] = []
+    start = 0
+    in_quotes = False
+    in_angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if in_quotes:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_quotes = False
+        elif ch == '"':
+            in_quotes = True
+        elif in_angle:
+            if ch == ">":
+                in_angle = False
+        elif ch == "<":
+            in_angle = True
+        elif ch == ",":
+            part = value[start:i].strip()
+            if part:
+                parts.append(part)
+            start = i + 1
+        i += 1
+    if in_quotes:
+        raise ParseError(f"unterminated quoted string in {value[:80]!r}")
+    part = value[start:].strip()
+    if part:
+        parts.append(part)
+    return parts
+
+
+def split_params(text: str, where: str) -> list[tuple[str, str | None]]:
+    """Parse ``;name=value;flag`` (the text after the first ';'), quotes respected.
+
+    Names keep their case; values keep quotes. An empty parameter is an error
+    (RFC 4475 §3.1.2.1 badinv01)."""
+    params: list[tuple[str, str | None]] = []
+    if '"' not in text:
+        items = text.split(";")
+    else:
+        items = []
+        start = 0
+        in_quotes = False
+        i = 0
+        while i < len(text):
+            ch = text[i]
+            if in_quotes:
+                if ch == "\\":
+                    i += 1
+                elif ch == '"':
+                    in_quotes = False
+            elif ch == '"':
+                in_quotes = True
+            elif ch == ";":
+                items.append(text[start:i])
+                start = i + 1
+            i += 1
+        if in_quotes:
+            raise ParseError(f"unterminated quoted string in {where} parameters")
+        items.append(text[start:])
+    for item in items:
+        eq = item.find("=")
+        if eq >= 0:
+            name = item[:eq].strip()
+            value = item[eq + 1 :].strip()
+            if not name or not value:
+                raise ParseError(f"empty parameter name or value in {where}")
+            params.append((name, value))
+        else:
+            name = item.strip()
+            if not name:
+                raise ParseError(f"empty parameter in {where}")
+            params.append((name, None))
+    return params
+
+
+def _find_param(params: list[tuple[str, str | None]], name: str) -> tuple[bool, str | None]:
+    for key, value in params:
+        if key.lower() == name:
+            return True, value
+    return False, None
+
+
+def unquote_value(value: str) -> str:
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        inner = value[1:-1]
+        if "\\" in inner:
+            inner = re.sub(r"\\(.)", r"\1", inner)
+        return inner
+    return value
+
+
+def render_params(params: list[tuple[str, str | None]]) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+
+
+# ----------------------------------------------------------------------------------- Via
+
+_VIA_RE = re.compile(
+    r"SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9.!%*_+`'~\-]+)\s+"
+    r"(\[[0-9A-Fa-f:.]+\]|[^\s;:\[\]]+)(?:\s*:\s*([0-9]+))?\s*(?:;(.*))?\Z",
+    re.S,
+)
+
+
+class Via:
+    """One Via value (RFC 3261 §20.42, RFC 3581 rport)."""
+
+    __slots__ = ("raw", "transport", "host", "port", "params")
+
+    def __init__(
+        self, raw: str, transport: str, host: str, port: int | None, params: list[tuple[str, str | None]]
+    ) -> None:
+        self.raw = raw
+        self.transport = transport  # upper case: UDP, TCP, TLS, WS, WSS, SCTP...
+        self.host = host  # IPv6 without brackets
+        self.port = port
+        self.params = params
+
+    @classmethod
+    def parse(cls, raw: str) -> Via:
+        m = _VIA_RE.match(raw)
+        if m is None:
+            raise ParseError(f"malformed Via {raw[:80]!r}")
+        transport, host, port_text, ptext = m.groups()
+        if host.startswith("["):
+            host = host[1:-1]
+        port = None
+        if port_text is not None:
+            port = int(port_text)
+            if port > 65535:
+                raise ParseError(f"Via port out of range in {raw[:80]!r}")
+        params = split_params(ptext, "Via") if ptext is not None else []
+        return cls(raw, transport.upper(), host, port, params)
+
+    def param(self, name: str) -> str | None:
+        return _find_param(self.params, name)[1]
+
+    def has_param(self, name: str) -> bool:
+        return _find_param(self.params, name)[0]
+
+    @property
+    def branch(self) -> str | None:
+        return self.param("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.param("received")
+
+    @property
+    def maddr(self) -> str | None:
+        return self.param("maddr")
+
+    @property
+    def ttl(self) -> int | None:
+        value = self.param("ttl")
+        return int(value) if value and value.isdigit() else None
+
+    @property
+    def rport(self) -> int | None:
+        """The filled-in rport value, None when absent or empty (RFC 3581)."""
+        value = self.param("rport")
+        return int(value) if value and value.isdigit() else None
+
+    @property
+    def wants_rport(self) -> bool:
+        return self.has_param("rport")
+
+    @property
+    def sent_by(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+    def with_params(self, **values: str | None) -> Via:
+        """A copy with parameters set (None = valueless); used for received/rport."""
+        params = list(self.params)
+        for name, value in values.items():
+            for i, (key, _) in enumerate(params):
+                if key.lower() == name:
+                    params[i] = (key, value)
+                    break
+            else:
+                params.append((name, value))
+        raw = f"SIP/2.0/{self.transport} {self.sent_by}{render_params(params)}"
+        return Via(raw, self.transport, self.host, self.port, params)
+
+    def __str__(self) -> str:
+        return self.raw
+
+    def __repr__(self) -> str:
+        return f"Via({self.raw!r})"
+
+
+# ------------------------------------------------------------------------- name-addr
+
+_DISPLAY_TOKEN_CHARS = _TOKEN_CHARS | frozenset(" \t")
+
+
+class NameAddr:
+    """name-addr / addr-spec with header parameters: From, To, Contact, Route, Record-Route, Path.
+
+    ``uri_text`` is the URI as written; ``uri`` parses it on first use."""
+
+    __slots__ = ("raw", "display", "uri_text", "params", "bracketed", "_uri")
+
+    def __init__(
+        self,
+        raw: str,
+        display: str | None,
+        uri_text: str,
+        params: list[tuple[str, str | None]],
+        bracketed: bool,
+    ) -> None:
+        self.raw = raw
+        self.display = display
+        self.uri_text = uri_text
+        self.params = params
+        self.bracketed = bracketed
+        self._uri: URI | None = None
+
+    @classmethod
+    def parse(cls, raw: str, where: str = "header") -> NameAddr:
+        text = raw.strip()
+        display: str | None = None
+        if text.startswith('"'):
+            i = 1
+            n = len(text)
+            while i < n:
+                ch = text[i]
+                if ch == "\\":
+                    i += 2
+                    continue
+                if ch == '"':
+                    break
+                i += 1
+            else:
+                raise ParseError(f"unterminated quoted display name in {where}")
+            display = text[: i + 1]
+            text = text[i + 1 :].lstrip()
+            if not text.startswith("<"):
+                raise ParseError(f"display name not followed by <URI> in {where}")
+        lt = text.find("<")
+        if lt >= 0:
+            if display is None:
+                dn = text[:lt].strip()
+                if dn:
+                    if not _DISPLAY_TOKEN_CHARS.issuperset(dn):
+                        raise ParseError(f"display name must be a token or quoted string in {where}")
+                    display = dn
+            gt = text.find(">", lt)
+            if gt < 0:
+                raise ParseError(f"missing '>' in {where}")
+            uri_text = text[lt + 1 : gt]
+            if uri_text != uri_text.strip() or not uri_text:
+                raise ParseError(f"whitespace or nothing inside <> in {where}")
+            rest = text[gt + 1 :].strip()
+            bracketed = True
+        else:
+            # addr-spec form: the URI ends at the first ';' and cannot carry '?headers'
+            # (RFC 3261 §20.10; RFC 4475 §3.1.2.13 regbadct).
+            semi = text.find(";")
+            if semi >= 0:
+                uri_text, rest = text[:semi].strip(), text[semi:]
+            else:
+                uri_text, rest = text, ""
+            if "?" in uri_text:
+                raise ParseError(f"URI with headers must be enclosed in <> in {where}")
+            if not uri_text or any(c in uri_text for c in " \t"):
+                raise ParseError(f"malformed address in {where}")
+            bracketed = False
+        if rest:
+            if not rest.startswith(";"):
+                raise ParseError(f"junk after address in {where}: {rest[:40]!r}")
+            params = split_params(rest[1:], where)
+        else:
+            params = []
+        return cls(raw, display, uri_text, params, bracketed)
+
+    @property
+    def uri(self) -> URI:
+        if self._uri is None:
+            self._uri = parse_uri(self.uri_text)
+        return self._uri
+
+    @property
+    def sip_uri(self) -> SipURI:
+        uri = self.uri
+        if not isinstance(uri, SipURI):
+            raise ParseError(f"expected a sip: or sips: URI, got {uri.scheme}:", 416)
+        return uri
+
+    def param(self, name: str) -> str | None:
+        return _find_param(self.params, name)[1]
+
+    def has_param(self, name: str) -> bool:
+        return _find_param(self.params, name)[0]
+
+    @property
+    def tag(self) -> str | None:
+        return self.param("tag")
+
+    def render(self, params: list[tuple[str, str | None]] | None = None) -> str:
+        """Text of this value with ``params`` (default: its own), URI always in <>."""
+        prefix = f"{self.display} " if self.display else ""
+        return f"{prefix}<{self.uri_text}>{render_params(self.params if params is None else params)}"
+
+    def with_param(self, name: str, value: str | None) -> NameAddr:
+        params = [(k, v) for k, v in self.params if k.lower() != name.lower()]
+        params.append((name, value))
+        na = NameAddr("", self.display, self.uri_text, params, True)
+        na.raw = na.render()
+        return na
+
+    def __str__(self) -> str:
+        return self.raw
+
+    def __repr__(self) -> str:
+        return f"NameAddr({self.raw!r})"
+
+
+class Contact(NameAddr):
+    """A Contact value; ``star`` for the ``*`` wildcard (RFC 3261 §10.2.2)."""
+
+    __slots__ = ("star",)
+
+    def __init__(
+        self,
+        raw: str,
+        display: str | None,
+        uri_text: str,
+        params: list[tuple[str, str | None]],
+        bracketed: bool,
+        star: bool = False,
+    ) -> None:
+        super().__init__(raw, display, uri_text, params, bracketed)
+        self.star = star
+
+    @classmethod
+    def parse(cls, raw: str, where: str = "Contact") -> Contact:
+        if raw.strip() == "*":
+            return cls(raw, None, "*", [], False, star=True)
+        na = NameAddr.parse(raw, where)
+        return cls(na.raw, na.display, na.uri_text, na.params, na.bracketed)
+
+    @property
+    def expires(self) -> int | None:
+        """The expires parameter; values beyond 2^32-1 are clamped (RFC 4475 scalar02)."""
+        value = self.param("expires")
+        if value is None:
+            return None
+        value = unquote_value(value)
+        if not value.isdigit():
+            raise ParseError(f"Contact expires is not a number: {value[:20]!r}")
+        return min(int(value), 2**32 - 1)
+
+    @property
+    def q(self) -> float:
+        value = self.param("q")
+        if value is None:
+            return 1.0
+        try:
+            q = float(value)
+        except ValueError:
+            raise ParseError(f"Contact q is not a number: {value[:20]!r}") from None
+        if not 0.0 <= q <= 1.0:
+            raise ParseError(f"Contact q out of range 0..1: {value[:20]!r}")
+        return q
+
+    @property
+    def instance(self) -> str | None:
+        """``+sip.instance`` exactly as sent (quotes and angle brackets included)."""
+        return self.param("+sip.instance")
+
+    @property
+    def instance_id(self) -> str | None:
+        """The instance URN without quotes and brackets, lower-cased for comparison
+        (RFC 5626 §4.1; OB-GR-05 compares the urn:uuid form case-insensitively)."""
+        value = self.instance
+        if value is None:
+            return None
+        value = unquote_value(value).strip()
+        if value.startswith("<") and value.endswith(">"):
+            value = value[1:-1]
+        return value.lower() or None
+
+    @property
+    def reg_id_text(self) -> str | None:
+        return self.param("reg-id")
+
+    @property
+    def reg_id(self) -> int | None:
+        """reg-id if valid (1..2^31-1, RFC 5626 §11.2 / OB-REG-17), else None."""
+        value = self.param("reg-id")
+        if value is None or not value.isdigit():
+            return None
+        n = int(value)
+        return n if 1 <= n <= 2**31 - 1 else None
+
+
+# ------------------------------------------------------------------------------ CSeq
+
+class CSeq:
+    __slots__ = ("seq", "method")
+
+    def __init__(self, seq: int, method: str) -> None:
+        self.seq = seq
+        self.method = method
+
+    @classmethod
+    def parse(cls, raw: str) -> CSeq:
+        parts = raw.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ParseError(f"malformed CSeq {raw[:60]!r}")
+        seq = int(parts[0])
+        if seq > 2**32 - 1:
+            raise ParseError("CSeq number exceeds 2^32-1")
+        if not is_token(parts[1]):
+            raise ParseError(f"malformed CSeq method {parts[1][:30]!r}")
+        return cls(seq, parts[1])
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+    def __repr__(self) -> str:
+        return f"CSeq({self.seq}, {self.method!r})"
+
+
+def parse_option_tags(values: list[str]) -> frozenset[str]:
+    """Require / Supported / Proxy-Require / Unsupported: a set of lower-case option tags."""
+    tags: set[str] = set()
+    for value in values:
+        for tag in value.split(","):
+            tag = tag.strip()
+            if tag:
+                tags.add(tag.lower())
+    return frozenset(tags)
