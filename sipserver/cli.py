@@ -1,0 +1,300 @@
+"""The ``sipserver`` command: run | check-config | passwd | ctl.
+
+Invariants:
+- ``main`` returns an exit code and never lets argparse's ``SystemExit`` escape, so tests and the
+  console script treat it alike: 0 success, 1 operational failure, 2 usage or config error.
+- A ConfigError is reported as one line on stderr (``sipserver: config error: ...``), never as a
+  traceback; it is raised before the runtime is imported, so bad config fails fast and cheaply.
+- Heavy or not-yet-present modules (``sipserver.runtime``, ``sipserver.auth.credentials``) are
+  imported inside the subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from sipserver import __version__
+from sipserver.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    default_config,
+    load_config,
+)
+
+__all__ = ["main", "setup_logging"]
+
+PROG = "sipserver"
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+# --------------------------------------------------------------------------------------------
+# Logging
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRS = frozenset(
+    logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None).__dict__
+) | {"message", "asctime", "taskName"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+
+
+def _utc(created: float, millis: bool) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    if millis:
+        stamp += f".{int(created * 1000) % 1000:03d}"
+    return stamp + "Z"
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-11-22T10:00:00Z INFO sipserver.x: message key=value``, times in UTC."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_utc(record.created, False)} {record.levelname} {record.name}: "
+        line += record.getMessage()
+        for key, value in _extras(record).items():
+            line += f" {key}={value}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg`` plus extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "ts": _utc(record.created, True),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _extras(record).items():
+            obj.setdefault(key, value)
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            obj["stack"] = self.formatStack(record.stack_info)
+        # str() for values JSON cannot hold (Flow, Path, ...): a log line must never fail.
+        return json.dumps(obj, default=str, ensure_ascii=False)
+
+
+class _Handler(logging.StreamHandler[TextIO]):
+    """Marks the handler setup_logging installed, so a second call replaces it."""
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Send log records at ``level`` and above to stderr as text or JSON lines.
+
+    Calling it again replaces the earlier handler instead of adding a second one. Raises
+    ValueError for an unknown level or format.
+    """
+    if level not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {level!r}")
+    if fmt not in ("text", "json"):
+        raise ValueError(f"unknown log format {fmt!r}")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    handler = _Handler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(LOG_LEVELS[level])
+
+
+# --------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="SIP Outbound (RFC 5626) edge proxy and registrar.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the server", description="Run the server.")
+    run.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: none)")
+    run.add_argument(
+        "--listen",
+        metavar="SPEC",
+        action="append",
+        help="listen on TRANSPORT:HOST:PORT[/PATH]; repeatable; replaces server.listen",
+    )
+    run.add_argument(
+        "--domain",
+        metavar="NAME",
+        action="append",
+        help="serve this domain; repeatable; replaces server.domains",
+    )
+    run.add_argument("--data-dir", metavar="DIR", help="sets server.data_dir")
+    run.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=list(LOG_LEVELS),
+        help="sets server.log_level",
+    )
+    run.add_argument("--log-format", choices=["text", "json"], help="sets server.log_format")
+    run.add_argument("--mgmt", metavar="HOST:PORT", help="sets mgmt.listen")
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Load and validate a config file without starting anything.",
+    )
+    check.add_argument("file", metavar="FILE")
+
+    passwd = sub.add_parser(
+        "passwd",
+        help="set a user's password in the credentials file",
+        description="Write digest HA1 entries for USER to the credentials file.",
+    )
+    passwd.add_argument("user", metavar="USER")
+    passwd.add_argument(
+        "-c", "--config", metavar="FILE", help="take auth.credentials_file and auth.realm from here"
+    )
+    passwd.add_argument("--credentials-file", metavar="PATH", help="credentials file to update")
+    passwd.add_argument("--realm", metavar="REALM", help="digest realm (default: auth.realm)")
+    passwd.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from one line of standard input instead of prompting",
+    )
+
+    ctl = sub.add_parser("ctl", help="talk to a running server (not yet available)")
+    ctl.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sipserver`` console script; returns the exit code."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "check-config":
+        return _cmd_check_config(args)
+    if args.command == "passwd":
+        return _cmd_passwd(args)
+    if args.command == "ctl":
+        print(f"{PROG} ctl: management API not available in this version", file=sys.stderr)
+        return 2
+    parser.print_usage(sys.stderr)
+    print(f"{PROG}: error: a command is required (run, check-config, passwd, ctl)", file=sys.stderr)
+    return 2
+
+
+def _config_error(exc: ConfigError) -> int:
+    print(f"{PROG}: config error: {exc.describe()}", file=sys.stderr)
+    return 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config) if args.config else default_config()
+        cfg = apply_overrides(
+            cfg,
+            listen=args.listen,
+            domains=args.domain,
+            data_dir=args.data_dir,
+            log_level=args.log_level,
+            log_format=args.log_format,
+            mgmt=args.mgmt,
+        )
+    except ConfigError as exc:
+        return _config_error(exc)
+    setup_logging(cfg.server.log_level, cfg.server.log_format)
+    # Lazy: only a valid config gets this far, and check-config/passwd never load trio.
+    run: Callable[[Config], int] = importlib.import_module("sipserver.runtime").run
+    try:
+        return run(cfg)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        print(exc.describe() if exc.source else f"{args.file}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK")
+    return 0
+
+
+def _read_password(user: str, from_stdin: bool) -> str | None:
+    """The new password, or None after printing why there is none."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        try:
+            password = getpass.getpass(f"Password for {user}: ")
+            again = getpass.getpass("Repeat password: ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            print(f"{PROG} passwd: aborted", file=sys.stderr)
+            return None
+        if password != again:
+            print(f"{PROG} passwd: passwords do not match", file=sys.stderr)
+            return None
+    if not password:
+        print(f"{PROG} passwd: empty password refused", file=sys.stderr)
+        return None
+    return password
+
+
+def _cmd_passwd(args: argparse.Namespace) -> int:
+    cfg: Config | None = None
+    if args.config:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            return _config_error(exc)
+    path = args.credentials_file or (cfg.auth.credentials_file if cfg else "")
+    if not path:
+        print(
+            f"{PROG} passwd: no credentials file: pass --credentials-file PATH, "
+            "or -c FILE with auth.credentials_file set",
+            file=sys.stderr,
+        )
+        return 2
+    realm = args.realm or (cfg.auth.realm if cfg else "")
+    if not realm:
+        print(
+            f"{PROG} passwd: no realm: pass --realm REALM (or set auth.realm in the config)",
+            file=sys.stderr,
+        )
+        return 2
+    password = _read_password(args.user, args.password_stdin)
+    if password is None:
+        return 1
+    from sipserver.auth.credentials import write_user  # lazy: only passwd needs it
+
+    try:
+        write_user(Path(path), args.user, realm, password)
+    except (OSError, ValueError) as exc:
+        print(f"{PROG} passwd: cannot update {path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: set password of {args.user} for realm {realm}")
+    return 0
