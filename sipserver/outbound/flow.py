@@ -40,7 +40,7 @@ class Transport(enum.Enum):
         """Value of the URI ``transport`` parameter: RFC 7118 §5.3 uses ``ws`` for WS and WSS."""
         if self is Transport.WSS:
             return "ws"
-        return self.value.lower()
+        return str(self.value).lower()
 
     @classmethod
     def from_via(cls, token: str) -> Transport | None:

@@ -1,0 +1,267 @@
+"""Flow tokens: the Path / Record-Route user part that names a flow (RFC 5626 §5.2).
+
+A token is ``base64url(MAC || S)`` without padding, where S is the binary flow::
+
+    octet 0      version (high nibble, currently 1) | transport code (low nibble)
+    octet 1      address family: 4 or 6
+    local IP     4 or 16 octets
+    local port   2 octets, big endian
+    remote IP    4 or 16 octets (same family as local)
+    remote port  2 octets
+    serial       8 octets, unsigned big endian
+
+and MAC is HMAC-SHA256(key, S) truncated to 96 bits. RFC 5626 §5.2 gives HMAC-SHA1-80 over a
+similar S only as an example; any scheme that is unique per flow and makes tampering detectable
+will do (OB-EP-02, OB-EP-06).
+
+Invariants:
+- the same Flow always gives the same token under one key; distinct Flows give distinct tokens
+  (S is an injective encoding of the Flow);
+- a token decodes only if its MAC verifies under the current key or one of the previous keys,
+  compared in constant time; everything else raises ``InvalidToken`` and nothing else;
+- tokens use only ``A-Z a-z 0-9 - _`` (RFC 3261 ``unreserved``), so one can be the user part of
+  ``sip:TOKEN@host;lr;ob`` without escaping, and the encoding is canonical: exactly one string
+  decodes to a given S, so flipping any character of a valid token invalidates it;
+- decoded hosts are canonical ``ipaddress`` strings (``ip_address(h).compressed``), so Flows built
+  by the transport should use the same form for a decoded Flow to compare equal.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hmac as _stdlib_hmac
+import ipaddress
+import re
+import struct
+from collections.abc import Callable, Sequence
+
+import attrs
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+
+from sipserver.outbound.flow import Flow, Transport
+
+__all__ = ["FlowTokenCodec", "InvalidToken"]
+
+MIN_KEY_BYTES = 16
+MAC_BYTES = 12
+VERSION = 1
+
+# Wire codes are fixed here rather than derived from the enum order so that reordering or
+# extending ``Transport`` never changes the meaning of tokens already handed out.
+_TRANSPORT_CODES: dict[Transport, int] = {
+    Transport.UDP: 1,
+    Transport.TCP: 2,
+    Transport.TLS: 3,
+    Transport.WS: 4,
+    Transport.WSS: 5,
+}
+_CODE_TRANSPORTS: dict[int, Transport] = {code: t for t, code in _TRANSPORT_CODES.items()}
+
+# S per address family: header octets, local IP, local port, remote IP, remote port, serial.
+_LAYOUT = {4: struct.Struct("!BB4sH4sHQ"), 6: struct.Struct("!BB16sH16sHQ")}
+_BODY_LEN = {family: layout.size for family, layout in _LAYOUT.items()}
+_TOKEN_BYTES = {family: MAC_BYTES + size for family, size in _BODY_LEN.items()}
+_MAX_SERIAL = 2**64 - 1
+
+
+def _b64_len(n: int) -> int:
+    """Unpadded base64 length of n octets."""
+    return (4 * n + 2) // 3
+
+
+_TOKEN_CHARS = {_b64_len(n): n for n in _TOKEN_BYTES.values()}
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+_ENCODE_CACHE_SIZE = 4096
+_DECODE_CACHE_SIZE = 4096
+
+
+class InvalidToken(Exception):
+    """A flow token that does not decode or verify. RFC 5626 §5.3.1: answer 403 (OB-EP-07)."""
+
+
+def _pack_ipv4_fast(host: str) -> bytes | None:
+    """Strict dotted quad without ``ipaddress`` (about 3x cheaper); None means "ask ipaddress".
+
+    Accepts only what ``ipaddress`` accepts *and* already prints canonically (ASCII digits, no
+    leading zeros), so the fast path never changes which strings are valid.
+    """
+    parts = host.split(".")
+    if len(parts) != 4:
+        return None
+    octets = []
+    for part in parts:
+        if not (0 < len(part) <= 3 and part.isascii() and part.isdigit()):
+            return None
+        if len(part) > 1 and part[0] == "0":
+            return None
+        value = int(part)
+        if value > 255:
+            return None
+        octets.append(value)
+    return bytes(octets)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pack_host(host: str) -> tuple[int, bytes]:
+    """(IP version, packed address); ValueError if ``host`` is not an IP address string.
+
+    Cached: a server has a handful of local addresses and its peers send many requests each.
+    """
+    if not isinstance(host, str):
+        raise ValueError(f"host {host!r} is not a string")
+    packed = _pack_ipv4_fast(host)
+    if packed is not None:
+        return 4, packed
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"host {host!r} is not an IP address") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        # A scope id would be lost on the wire, so the decoded Flow would not match.
+        raise ValueError(f"host {host!r} has a scope id, which a flow token cannot carry")
+    return addr.version, addr.packed
+
+
+def _check_port(port: int) -> int:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port!r} is not in 0..65535")
+    return port
+
+
+def _flow_body(flow: Flow) -> bytes:
+    """The binary S for a flow; ValueError if the Flow cannot be represented."""
+    code = _TRANSPORT_CODES.get(flow.transport)
+    if code is None:
+        raise ValueError(f"unsupported transport {flow.transport!r}")
+    try:
+        (lhost, lport), (rhost, rport) = flow.local, flow.remote
+    except (TypeError, ValueError):
+        raise ValueError("flow addresses must be (host, port) pairs") from None
+    lfam, lip = _pack_host(lhost)
+    rfam, rip = _pack_host(rhost)
+    if lfam != rfam:
+        raise ValueError("local and remote addresses are of different IP families")
+    serial = flow.serial
+    if not isinstance(serial, int) or not 0 <= serial <= _MAX_SERIAL:
+        raise ValueError(f"serial {serial!r} does not fit in 64 unsigned bits")
+    return _LAYOUT[lfam].pack(
+        (VERSION << 4) | code, lfam, lip, _check_port(lport), rip, _check_port(rport), serial
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _unpack_host(packed: bytes) -> str:
+    """Canonical text of a packed address (``ipaddress`` ``compressed`` form), cached."""
+    if len(packed) == 4:
+        # The dotted quad of the octets is already the canonical form, and much cheaper.
+        return ".".join(map(str, packed))
+    return ipaddress.IPv6Address(packed).compressed
+
+
+def _parse_body(body: bytes) -> Flow:
+    """Fields of an authenticated S; InvalidToken if its header disagrees with its layout."""
+    version, code = body[0] >> 4, body[0] & 0x0F
+    if version != VERSION:
+        raise InvalidToken(f"unsupported flow token version {version}")
+    transport = _CODE_TRANSPORTS.get(code)
+    if transport is None:
+        raise InvalidToken(f"unknown transport code {code} in flow token")
+    layout = _LAYOUT.get(body[1])
+    if layout is None or layout.size != len(body):
+        raise InvalidToken("flow token address family does not match its length")
+    _, _, lip, lport, rip, rport, serial = layout.unpack(body)
+    return Flow(
+        transport=transport,
+        local=(_unpack_host(lip), lport),
+        remote=(_unpack_host(rip), rport),
+        serial=serial,
+    )
+
+
+def _keyed_context(key: bytes) -> crypto_hmac.HMAC:
+    if not isinstance(key, bytes | bytearray) or len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"flow token keys must be at least {MIN_KEY_BYTES} bytes")
+    return crypto_hmac.HMAC(bytes(key), hashes.SHA256())
+
+
+def _to_key_tuple(keys: Sequence[bytes]) -> tuple[bytes, ...]:
+    return tuple(keys)
+
+
+@attrs.frozen(slots=True, eq=False)
+class FlowTokenCodec:
+    """Mints and verifies flow tokens with ``key``; tokens from ``previous_keys`` still verify.
+
+    Key rotation: start with the new key as ``key`` and the old one in ``previous_keys`` for as
+    long as old Paths may live (the longest registration), so existing bindings keep routing.
+    A key that is in neither is refused, which is what a restart with a fresh key must do
+    (OB-EP-06). The keys never appear in repr or error messages.
+    """
+
+    key: bytes = attrs.field(repr=False)
+    previous_keys: tuple[bytes, ...] = attrs.field(default=(), converter=_to_key_tuple, repr=False)
+    # HMAC contexts already keyed: copying one skips the per-call key schedule (~3x faster).
+    _contexts: tuple[crypto_hmac.HMAC, ...] = attrs.field(init=False, repr=False)
+    _encode_cached: Callable[[Flow], str] = attrs.field(init=False, repr=False)
+    _decode_cached: Callable[[str], Flow] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Frozen: the contexts and caches below are only right for the keys given at creation.
+        init = object.__setattr__
+        init(self, "_contexts", tuple(_keyed_context(k) for k in (self.key, *self.previous_keys)))
+        # Per instance caches (a module-level cache would mix keys). Only successful results are
+        # cached, so forged tokens cannot evict good entries faster than real traffic does.
+        init(self, "_encode_cached", functools.lru_cache(maxsize=_ENCODE_CACHE_SIZE)(self._encode))
+        init(self, "_decode_cached", functools.lru_cache(maxsize=_DECODE_CACHE_SIZE)(self._decode))
+
+    def _mac(self, index: int, body: bytes) -> bytes:
+        ctx = self._contexts[index].copy()
+        ctx.update(body)
+        return ctx.finalize()[:MAC_BYTES]
+
+    def encode(self, flow: Flow) -> str:
+        """The token for ``flow`` (OB-EP-02: unique per flow, stable for the same flow).
+
+        ValueError if the flow cannot be encoded: hosts that are not IP addresses, mixed IP
+        families, IPv6 scope ids, ports outside 0..65535, serials outside 64 unsigned bits.
+        """
+        return self._encode_cached(flow)
+
+    def _encode(self, flow: Flow) -> str:
+        body = _flow_body(flow)
+        raw = self._mac(0, body) + body
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def decode(self, token: str) -> Flow:
+        """The Flow a token names, if it verifies under any of our keys (OB-EP-06, OB-EP-07).
+
+        Raises InvalidToken, and only InvalidToken, for anything else.
+        """
+        if not isinstance(token, str):
+            raise InvalidToken("flow token is not a string")
+        return self._decode_cached(token)
+
+    def _decode(self, token: str) -> Flow:
+        raw_len = _TOKEN_CHARS.get(len(token))
+        if raw_len is None:
+            raise InvalidToken(f"flow token has the wrong length ({len(token)} characters)")
+        if _TOKEN_RE.fullmatch(token) is None:
+            raise InvalidToken("flow token contains characters outside base64url")
+        padded = token + "=" * (-len(token) % 4)
+        try:
+            raw = base64.urlsafe_b64decode(padded)
+        except (binascii.Error, ValueError):
+            raise InvalidToken("flow token is not valid base64url") from None
+        # Base64 leaves unused low bits in the last character; insist they are zero so that a
+        # token has exactly one spelling (otherwise a flipped character could still verify).
+        if len(raw) != raw_len or base64.urlsafe_b64encode(raw).rstrip(b"=") != token.encode():
+            raise InvalidToken("flow token is not canonical base64url")
+        mac, body = raw[:MAC_BYTES], raw[MAC_BYTES:]
+        for index in range(len(self._contexts)):
+            if _stdlib_hmac.compare_digest(self._mac(index, body), mac):
+                return _parse_body(body)
+        raise InvalidToken("flow token MAC does not verify (forged, corrupted, or old key)")
