@@ -1,0 +1,114 @@
+"""Per-flow state kept by the flow table: stream connections and UDP 5-tuples.
+
+Invariants:
+- ``cause`` is ``None`` while the flow is alive and is set exactly once, by the flow table, when
+  the flow ends; the sink's ``on_flow_closed`` is reported at that moment and never again;
+- ``abort()`` only tears the transport down (it never reports); the reader task notices and
+  finishes, and the flow table has already recorded why;
+- these objects use ``__slots__`` and create their send lock only while someone is sending, so an
+  idle connection costs a few hundred bytes besides its socket and reader task.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+
+import trio
+
+from sipserver.outbound.flow import Flow
+
+from .errors import TransportError
+from .sink import MessageSink
+
+__all__ = ["Connection", "RateLimitedLog", "Tracked", "UdpFlowState", "deliver", "logger"]
+
+logger = logging.getLogger("sipserver.transport")
+
+
+class Tracked:
+    """What the idle reaper needs to know about any flow, stream or datagram."""
+
+    __slots__ = (
+        "flow",
+        "opened_at",
+        "last_activity",
+        "idle_limit",
+        "explicit_limit",
+        "heap_deadline",
+        "cause",
+    )
+
+    def __init__(self, flow: Flow, now: float, idle_limit: float | None) -> None:
+        self.flow = flow
+        self.opened_at = now
+        self.last_activity = now
+        self.idle_limit = idle_limit
+        # True once the runtime chose the limit (RFC 5626 §5.4 Flow-Timer + grace): the flow
+        # then dies of "keepalive timeout" rather than "idle timeout".
+        self.explicit_limit = False
+        # Deadline of this flow's live entry in the reaper's heap (None: no live entry).
+        self.heap_deadline: float | None = None
+        self.cause: str | None = None
+
+
+class UdpFlowState(Tracked):
+    """A UDP 5-tuple that has sent us something (RFC 5626 §3: a UDP flow)."""
+
+    __slots__ = ()
+
+
+class Connection(Tracked):
+    """A live stream connection (TCP, TLS, WS or WSS): one reader task, serialised writers."""
+
+    __slots__ = ("lock", "senders", "write_broken")
+
+    def __init__(self, flow: Flow, now: float, idle_limit: float | None) -> None:
+        super().__init__(flow, now, idle_limit)
+        self.lock: trio.StrictFIFOLock | None = None
+        self.senders = 0
+        # Set while a write that cannot be resumed is in progress: if that write is cancelled,
+        # the peer has seen part of a message and the stream must be closed.
+        self.write_broken = False
+
+    @abstractmethod
+    async def write(self, data: bytes, binary: bool | None = None) -> None:
+        """Write one whole message (or keep-alive). ``binary`` only matters on WebSocket."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Tear the transport down now, without waiting; the reader task then finishes."""
+
+
+async def deliver(sink: MessageSink, flow: Flow, data: bytes) -> None:
+    """Hand one message to the sink inline; a failing sink never ends the connection."""
+    try:
+        await sink.on_message(flow, data)
+    except TransportError as exc:
+        logger.debug("sink could not answer on %s: %s", flow.id, exc)
+    except Exception:
+        logger.exception("sink.on_message failed for a message on %s", flow.id)
+
+
+class RateLimitedLog:
+    """Logs a repeated warning at most once per ``interval`` seconds, counting the rest."""
+
+    __slots__ = ("_interval", "_next", "_suppressed")
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, self._suppressed)
+        self._suppressed = 0
+        self._next = now + self._interval
+        logger.warning(msg, *args)

@@ -1,0 +1,518 @@
+"""The flow table: the one registry of live flows, shared by every listener (RFC 5626 §3).
+
+The runtime sends through it (``send``), asks it whether a flow token's flow still exists
+(``is_alive``: a dead one gets 430, RFC 5626 §5.3.1), sets per-flow silence limits from the
+Flow-Timer it granted (``set_idle_limit``, §5.4 OB-EP-15), and reads it for the management API.
+
+Invariants:
+- a stream flow is in the table from its accepted/established connection (after the TLS or
+  WebSocket handshake) until it ends; it ends exactly once, and the sink's ``on_flow_closed``
+  is called at that moment with the first cause recorded;
+- a UDP flow (serial 0) is in the table from its first datagram until it has been silent longer
+  than its limit; ``send`` on UDP works for any 5-tuple with one of our sockets as local address,
+  known or not (stored bindings survive a restart);
+- writes to one connection are serialised (a lock that exists only while someone sends) and
+  bounded by ``send_timeout``; a write that fails or times out kills the flow and raises
+  ``FlowGone``; nothing is ever retried on another flow here;
+- reaping is O(log n) per flow per silence period: a heap of deadlines, an entry re-armed
+  lazily from the flow's last activity when it comes due.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import ssl
+from collections.abc import Iterator
+
+import attrs
+import trio
+
+from sipserver.outbound.flow import Address, Flow, Transport
+
+from .connection import Connection, RateLimitedLog, Tracked, UdpFlowState, logger
+from .errors import ConnectFailed, FlowGone
+from .sink import MessageSink
+from .stream import (
+    TcpConnection,
+    TlsConnection,
+    cause_of,
+    open_stream_connection,
+    run_stream_connection,
+)
+from .tls import make_client_context
+from .udp import UdpEndpoint
+
+__all__ = ["FlowInfo", "FlowLimits", "FlowTable"]
+
+
+_positive_int = attrs.validators.gt(0)
+_positive = attrs.validators.gt(0.0)
+_positive_or_none = attrs.validators.optional(attrs.validators.gt(0.0))
+_DEFAULT_IDLE_TIMEOUT: float | None = 600.0
+
+
+@attrs.frozen(slots=True)
+class FlowLimits:
+    """Resource limits of the transport layer (policy; the runtime fills them from config)."""
+
+    max_connections: int = attrs.field(validator=_positive_int, default=10000)
+    max_connections_per_ip: int = attrs.field(validator=_positive_int, default=100)
+    # A started stream message must be complete within this many seconds.
+    partial_message_timeout: float = attrs.field(default=10.0, validator=_positive)
+    # Default silence limit of a new flow; None keeps silent flows until they close.
+    idle_flow_timeout: float | None = attrs.field(
+        default=_DEFAULT_IDLE_TIMEOUT, validator=_positive_or_none
+    )
+    max_message_size: int = attrs.field(validator=_positive_int, default=65535)
+    # RFC 3261 §18.1.1: requests above MTU - 200 (1300 for 1500) should go over TCP.
+    udp_warn_size: int = attrs.field(validator=_positive_int, default=1300)
+    # A write not finished by then means a dead peer: the connection is closed.
+    send_timeout: float = attrs.field(default=10.0, validator=_positive)
+    # TLS and WebSocket handshakes of accepted connections.
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    # Outgoing connect (TCP connect plus TLS handshake).
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+
+
+@attrs.frozen(slots=True)
+class FlowInfo:
+    """One live flow as the management API shows it (times are trio clock seconds)."""
+
+    flow: Flow
+    id: str
+    transport: Transport
+    local: Address
+    remote: Address
+    opened_at: float
+    last_activity: float
+    idle_limit: float | None
+
+
+class FlowTable:
+    """Live flows of every listener; ``send`` / ``close`` / ``connect`` for the runtime."""
+
+    def __init__(
+        self,
+        serial_base: int,
+        limits: FlowLimits | None = None,
+        *,
+        client_ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.limits = limits if limits is not None else FlowLimits()
+        self.client_ssl_context = client_ssl_context
+        self._serial_base = serial_base
+        self._serials = itertools.count(1)
+        self._streams: dict[Flow, Connection] = {}
+        # The newest live connection per (transport, remote address), for connection reuse.
+        self._by_remote: dict[tuple[Transport, Address], Connection] = {}
+        self._udp: dict[Address, UdpEndpoint] = {}
+        # Stream connections per remote IP and in total, counted from accept() (before any
+        # handshake) until the socket is closed, so handshaking peers count against the limits.
+        self._per_ip: dict[str, int] = {}
+        self._total = 0
+        self._heap: list[tuple[float, int, Tracked]] = []
+        self._heap_seq = itertools.count()
+        self._reaper_target = math.inf
+        self._reaper_wake: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        self._sink: MessageSink | None = None
+        self._refused_log = RateLimitedLog()
+        self._udp_size_log = RateLimitedLog()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def is_alive(self, flow: Flow) -> bool:
+        """Whether the flow is in the table (a UDP flow: has been heard from and not expired)."""
+        return self._tracked(flow) is not None
+
+    def last_activity(self, flow: Flow) -> float | None:
+        """trio clock time of the last bytes received on the flow, None if it is not live."""
+        tracked = self._tracked(flow)
+        return None if tracked is None else tracked.last_activity
+
+    def get_idle_limit(self, flow: Flow) -> float | None:
+        """The flow's current silence limit (None: none, or the flow is not live)."""
+        tracked = self._tracked(flow)
+        return None if tracked is None else tracked.idle_limit
+
+    def find_stream(self, transport: Transport, remote: Address) -> Flow | None:
+        """The newest live connection of ``transport`` to/from ``remote``, if any.
+
+        RFC 3261 §18.1.1 / §18.2.2: a request or response to an address we already have a
+        connection with should reuse it instead of opening another.
+        """
+        conn = self._by_remote.get((transport, remote))
+        return None if conn is None else conn.flow
+
+    def count(self, transport: Transport | None = None) -> int:
+        """Number of live flows (of one transport if given)."""
+        if transport is None:
+            return len(self._streams) + sum(len(ep.flows) for ep in self._udp.values())
+        if transport is Transport.UDP:
+            return sum(len(ep.flows) for ep in self._udp.values())
+        return sum(1 for flow in self._streams if flow.transport is transport)
+
+    def count_for_ip(self, ip: str) -> int:
+        """Stream connections from/to ``ip``, including those still in their handshake."""
+        return self._per_ip.get(ip, 0)
+
+    def snapshot(self) -> list[FlowInfo]:
+        return [
+            FlowInfo(
+                flow=t.flow,
+                id=t.flow.id,
+                transport=t.flow.transport,
+                local=t.flow.local,
+                remote=t.flow.remote,
+                opened_at=t.opened_at,
+                last_activity=t.last_activity,
+                idle_limit=t.idle_limit,
+            )
+            for t in self._all_tracked()
+        ]
+
+    def find_udp_local(self, remote_host: str) -> Address | None:
+        """Local address of a UDP socket that can reach ``remote_host`` (an IP literal), for a
+        destination that has no flow yet; None if no listener of that address family exists."""
+        family_v6 = ":" in remote_host
+        for local in self._udp:
+            if (":" in local[0]) == family_v6:
+                return local
+        return None
+
+    @property
+    def serving(self) -> bool:
+        return self._nursery is not None
+
+    # -- actions -------------------------------------------------------------------------------
+
+    async def send(self, flow: Flow, data: bytes) -> None:
+        """Write one SIP message on the flow; raise ``FlowGone`` if it is dead or the write fails.
+
+        UDP: one datagram from the socket bound to ``flow.local`` (``flow.remote`` must be an IP
+        literal); datagrams above ``udp_warn_size`` are sent with a warning (RFC 3261 §18.1.1).
+        """
+        if flow.transport is Transport.UDP:
+            await self._send_udp(flow, data)
+            return
+        conn = self._streams.get(flow)
+        if conn is None:
+            raise FlowGone(flow, "no such connection")
+        await self._send_conn(conn, data)
+
+    def close(self, flow: Flow, cause: str = "closed by server") -> None:
+        """End the flow now (reported to the sink at once); unknown flows are ignored."""
+        tracked = self._tracked(flow)
+        if tracked is None:
+            return
+        self._end(tracked, cause)
+        if isinstance(tracked, Connection):
+            tracked.abort()
+
+    def set_idle_limit(self, flow: Flow, seconds: float | None) -> None:
+        """Close the flow after ``seconds`` of silence ("keepalive timeout"); None: never.
+
+        RFC 5626 §5.4: the runtime passes Flow-Timer plus a grace period for outbound flows.
+        Unknown flows are ignored.
+        """
+        if seconds is not None and seconds <= 0:
+            raise ValueError("idle limit must be positive or None")
+        tracked = self._tracked(flow)
+        if tracked is None:
+            return
+        tracked.idle_limit = seconds
+        tracked.explicit_limit = True
+        self._schedule(tracked)
+
+    async def connect(
+        self,
+        transport: Transport,
+        remote: Address,
+        *,
+        server_hostname: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> Flow:
+        """Open an outgoing TCP or TLS connection (RFC 3261 §18.1.1 / §18.2.2 when no flow
+        exists) and read it like an accepted one; raise ``ConnectFailed`` on any failure."""
+        if transport not in (Transport.TCP, Transport.TLS):
+            raise ValueError(f"cannot connect over {transport.value}")
+        if self._nursery is None or self._sink is None:
+            raise ConnectFailed(transport, remote, "transport not serving")
+        if self._total >= self.limits.max_connections:
+            raise ConnectFailed(transport, remote, "connection limit reached")
+        ctx: ssl.SSLContext | None = None
+        if transport is Transport.TLS:
+            ctx = ssl_context or self.client_ssl_context
+            if ctx is None:
+                ctx = self.client_ssl_context = make_client_context()
+        ip = remote[0]
+        self._acquire(ip)
+        try:
+            conn = await open_stream_connection(self, transport, remote, ctx, server_hostname)
+        except trio.TooSlowError:
+            self._release(ip)
+            raise ConnectFailed(transport, remote, "timeout") from None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
+            self._release(ip)
+            inner = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+            raise ConnectFailed(transport, remote, str(inner or exc) or type(exc).__name__) from exc
+        except BaseException:
+            self._release(ip)
+            raise
+        if self._nursery is None or self._sink is None:  # shut down while connecting
+            conn.abort()
+            self._release(ip)
+            raise ConnectFailed(transport, remote, "transport not serving")
+        self._register(conn)
+        self._nursery.start_soon(self._run_outgoing, self._sink, conn, ip)
+        return conn.flow
+
+    async def _run_outgoing(self, sink: MessageSink, conn: Connection, ip: str) -> None:
+        try:
+            assert isinstance(conn, TcpConnection | TlsConnection)
+            await run_stream_connection(self, sink, conn)
+        finally:
+            self._release(ip)
+
+    # -- for the listeners (private to the transport package) -------------------------------
+
+    def _attach(self, nursery: trio.Nursery, sink: MessageSink) -> None:
+        if self._nursery is not None:
+            raise RuntimeError("this FlowTable is already being served")
+        self._nursery = nursery
+        self._sink = sink
+
+    def _detach(self) -> None:
+        """After the listeners stopped: forget the UDP flows (reported "shutdown")."""
+        for endpoint in list(self._udp.values()):
+            for state in list(endpoint.flows.values()):
+                self._end(state, "shutdown")
+        self._udp.clear()
+        self._nursery = None
+        self._sink = None
+
+    def _add_udp(self, endpoint: UdpEndpoint) -> None:
+        self._udp[endpoint.local] = endpoint
+
+    def _new_serial(self) -> int:
+        return self._serial_base + next(self._serials)
+
+    def _admit(self, ip: str) -> bool:
+        """Count an accepted connection, or refuse it when a limit is reached."""
+        limits = self.limits
+        if self._total >= limits.max_connections:
+            self._refused_log.warning(
+                "refused connection from %s: %d connections open (max_connections)",
+                ip,
+                self._total,
+            )
+            return False
+        if self._per_ip.get(ip, 0) >= limits.max_connections_per_ip:
+            self._refused_log.warning(
+                "refused connection from %s: max_connections_per_ip (%d) reached",
+                ip,
+                limits.max_connections_per_ip,
+            )
+            return False
+        self._acquire(ip)
+        return True
+
+    def _acquire(self, ip: str) -> None:
+        self._total += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+
+    def _release(self, ip: str) -> None:
+        self._total -= 1
+        left = self._per_ip.get(ip, 0) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+
+    def _register(self, conn: Connection) -> None:
+        flow = conn.flow
+        self._streams[flow] = conn
+        self._by_remote[(flow.transport, flow.remote)] = conn
+        self._schedule(conn)
+        self._report_opened(conn.flow)
+
+    def _open_udp(self, endpoint: UdpEndpoint, remote: Address, now: float) -> UdpFlowState:
+        state = UdpFlowState(
+            Flow(Transport.UDP, endpoint.local, remote, 0), now, self.limits.idle_flow_timeout
+        )
+        endpoint.flows[remote] = state
+        self._schedule(state)
+        self._report_opened(state.flow)
+        return state
+
+    def _end(self, tracked: Tracked, cause: str) -> None:
+        """Forget a flow and report it closed, once; later calls do nothing."""
+        if tracked.cause is not None:
+            return
+        tracked.cause = cause
+        tracked.heap_deadline = None
+        flow = tracked.flow
+        if isinstance(tracked, Connection):
+            if self._streams.get(flow) is tracked:
+                del self._streams[flow]
+            key = (flow.transport, flow.remote)
+            if self._by_remote.get(key) is tracked:
+                del self._by_remote[key]
+        else:
+            endpoint = self._udp.get(flow.local)
+            if endpoint is not None and endpoint.flows.get(flow.remote) is tracked:
+                del endpoint.flows[flow.remote]
+        logger.debug("flow %s closed: %s", flow.id, cause)
+        if self._sink is not None:
+            try:
+                self._sink.on_flow_closed(flow, cause)
+            except Exception:
+                logger.exception("sink.on_flow_closed failed for %s", flow.id)
+
+    def _report_opened(self, flow: Flow) -> None:
+        logger.debug("flow %s opened", flow.id)
+        if self._sink is not None:
+            try:
+                self._sink.on_flow_opened(flow)
+            except Exception:
+                logger.exception("sink.on_flow_opened failed for %s", flow.id)
+
+    def _report_keepalive(self, flow: Flow) -> None:
+        if self._sink is not None:
+            try:
+                self._sink.on_keepalive(flow)
+            except Exception:
+                logger.exception("sink.on_keepalive failed for %s", flow.id)
+
+    async def _send_conn(self, conn: Connection, data: bytes, binary: bool | None = None) -> None:
+        """Serialised, time-bounded write of one message on a stream connection."""
+        if conn.cause is not None:
+            raise FlowGone(conn.flow, conn.cause)
+        lock = conn.lock
+        if lock is None:
+            lock = conn.lock = trio.StrictFIFOLock()
+        conn.senders += 1
+        try:
+            async with lock:
+                if conn.cause is not None:
+                    raise FlowGone(conn.flow, conn.cause)
+                done = False
+                with trio.move_on_after(self.limits.send_timeout):
+                    await conn.write(data, binary)
+                    done = True
+                if not done:
+                    self._fail(conn, "send timeout")
+                    raise FlowGone(conn.flow, "send timeout")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            cause = conn.cause or cause_of(exc, conn.flow.transport)
+            self._fail(conn, cause)
+            raise FlowGone(conn.flow, cause) from exc
+        except trio.Cancelled:
+            if conn.write_broken:
+                # Part of a message went out: the stream can no longer be framed by the peer.
+                self._fail(conn, "send interrupted")
+            raise
+        finally:
+            conn.senders -= 1
+            if conn.senders == 0:
+                conn.lock = None
+
+    def _fail(self, conn: Connection, cause: str) -> None:
+        self._end(conn, cause)
+        conn.abort()
+
+    async def _send_udp(self, flow: Flow, data: bytes) -> None:
+        endpoint = self._udp_endpoint_for(flow.local, flow.remote)
+        if endpoint is None:
+            raise FlowGone(flow, "no UDP socket for that local address")
+        if len(data) > self.limits.udp_warn_size:
+            # RFC 3261 §18.1.1: a request this large should have gone over a congestion-
+            # controlled transport; we still send it (never drop silently).
+            self._udp_size_log.warning(
+                "sending a %d-byte UDP datagram to %s (above udp_warn_size %d)",
+                len(data),
+                flow.remote,
+                self.limits.udp_warn_size,
+            )
+        try:
+            await endpoint.sendto(data, flow.remote)
+        except OSError as exc:
+            state = endpoint.flows.get(flow.remote)
+            cause = f"send error: {exc.strerror or exc}"
+            if state is not None:
+                self._end(state, cause)
+            raise FlowGone(flow, cause) from exc
+
+    def _udp_endpoint_for(self, local: Address, remote: Address) -> UdpEndpoint | None:
+        endpoint = self._udp.get(local)
+        if endpoint is not None:
+            return endpoint
+        # Same port and family (e.g. a flow stored with a specific address while we are bound
+        # to the wildcard, or the reverse), then any socket of the family.
+        v6 = ":" in remote[0]
+        fallback = None
+        for ep in self._udp.values():
+            if (":" in ep.local[0]) != v6:
+                continue
+            if ep.local[1] == local[1]:
+                return ep
+            fallback = fallback or ep
+        return fallback
+
+    def _tracked(self, flow: Flow) -> Tracked | None:
+        if flow.transport is Transport.UDP:
+            endpoint = self._udp.get(flow.local)
+            return None if endpoint is None else endpoint.flows.get(flow.remote)
+        return self._streams.get(flow)
+
+    def _all_tracked(self) -> Iterator[Tracked]:
+        yield from self._streams.values()
+        for endpoint in self._udp.values():
+            yield from endpoint.flows.values()
+
+    # -- idle reaper ---------------------------------------------------------------------------
+
+    def _schedule(self, tracked: Tracked) -> None:
+        """Make sure the reaper looks at the flow when its silence limit may be reached."""
+        if tracked.idle_limit is None or tracked.cause is not None:
+            return
+        deadline = tracked.last_activity + tracked.idle_limit
+        if tracked.heap_deadline is not None and tracked.heap_deadline <= deadline:
+            return  # the pending entry comes first and re-arms itself from last_activity
+        tracked.heap_deadline = deadline
+        heapq.heappush(self._heap, (deadline, next(self._heap_seq), tracked))
+        if deadline < self._reaper_target and self._reaper_wake is not None:
+            self._reaper_wake.set()
+
+    def _reap(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, tracked = heapq.heappop(heap)
+            if tracked.heap_deadline != deadline or tracked.cause is not None:
+                continue  # superseded entry, or the flow is gone already
+            tracked.heap_deadline = None
+            limit = tracked.idle_limit
+            if limit is None:
+                continue
+            due = tracked.last_activity + limit
+            if due > now:
+                tracked.heap_deadline = due
+                heapq.heappush(heap, (due, next(self._heap_seq), tracked))
+                continue
+            cause = "keepalive timeout" if tracked.explicit_limit else "idle timeout"
+            if isinstance(tracked, Connection):
+                self._fail(tracked, cause)
+            else:
+                self._end(tracked, cause)
+
+    async def _run_reaper(self, slack: float = 0.02) -> None:
+        """Close stream flows and forget UDP flows silent longer than their limit."""
+        while True:
+            self._reap(trio.current_time())
+            self._reaper_target = self._heap[0][0] if self._heap else math.inf
+            wake = self._reaper_wake = trio.Event()
+            # A little slack lets one wake-up handle a burst of deadlines.
+            with trio.move_on_at(self._reaper_target + slack):
+                await wake.wait()

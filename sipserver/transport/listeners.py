@@ -1,0 +1,237 @@
+"""Binding the listeners and running them: ``serve()`` is the transport layer's entry point.
+
+Invariants:
+- every listener is bound before ``serve`` reports started (port 0 works: the bound addresses
+  are returned), and a bind failure closes whatever was bound and raises;
+- one task per UDP socket, one accept loop per stream socket, one task per accepted connection,
+  and one idle reaper; they all live in ``serve``'s nursery, which the flow table also uses for
+  outgoing connections;
+- nothing a peer does can end a listener: accept errors are logged (and back off when the
+  process is out of file descriptors), connection tasks catch their own failures;
+- when ``serve`` is cancelled, every flow is reported closed with cause "shutdown".
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from sipserver.outbound.flow import Transport
+
+from .connection import RateLimitedLog, logger
+from .flows import FlowTable
+from .sink import MessageSink
+from .stream import handle_accepted_stream
+from .udp import UdpEndpoint, run_udp_endpoint
+from .websocket import handle_accepted_websocket
+
+__all__ = ["BoundListener", "ListenerSpec", "serve"]
+
+_UDP_RCVBUF = 4 * 1024 * 1024
+_BACKLOG = 1024
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+_NAMES = ("udp", "tcp", "tls", "ws", "wss")
+
+
+def _transport_name(value: Transport | str) -> str:
+    """Listener transports are named as in the config (``udp`` ... ``wss``); a ``Transport`` is
+    accepted too."""
+    name = value.value.lower() if isinstance(value, Transport) else str(value).lower()
+    if name not in _NAMES:
+        raise ValueError(f"unknown listener transport {value!r} (use one of {', '.join(_NAMES)})")
+    return name
+
+
+@attrs.frozen(slots=True)
+class ListenerSpec:
+    """Where to listen: transport name (``udp``, ``tcp``, ``tls``, ``ws``, ``wss``; a
+    ``Transport`` is converted), IP address (or name; ``0.0.0.0``/``::`` for all), port (0 = any
+    free port) and, for WS/WSS, the HTTP path of the upgrade request (RFC 7118 §4)."""
+
+    transport: str = attrs.field(converter=_transport_name)
+    host: str
+    port: int
+    path: str = "/"
+
+    @property
+    def flow_transport(self) -> Transport:
+        """The Via/Flow transport of the flows this listener produces (RFC 7118 §5.2)."""
+        return Transport(self.transport.upper())
+
+
+@attrs.frozen(slots=True)
+class BoundListener:
+    """A listening socket as actually bound (``path`` only for WS/WSS)."""
+
+    transport: str = attrs.field(converter=_transport_name)
+    host: str
+    port: int
+    path: str | None = None
+
+    @property
+    def flow_transport(self) -> Transport:
+        return Transport(self.transport.upper())
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}{self.path or ''}"
+
+
+async def serve(
+    listeners: Sequence[ListenerSpec],
+    table: FlowTable,
+    sink: MessageSink,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    task_status: trio.TaskStatus[list[BoundListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Bind every listener, report ``list[BoundListener]`` via ``nursery.start``, then serve
+    until cancelled. TLS and WSS listeners need ``ssl_context``."""
+    for spec in listeners:
+        if spec.flow_transport.secure and ssl_context is None:
+            raise ValueError(f"{spec.transport} listener on port {spec.port} needs a TLS context")
+    opened: list[tuple[ListenerSpec, socket.socket]] = []
+    attached = False
+    try:
+        for spec in listeners:
+            for raw in await _bind(spec):
+                opened.append((spec, raw))
+        bound = [_describe(spec, raw) for spec, raw in opened]
+        async with trio.open_nursery() as nursery:
+            table._attach(nursery, sink)
+            attached = True
+            for spec, raw in opened:
+                if spec.flow_transport is Transport.UDP:
+                    endpoint = UdpEndpoint(raw)
+                    table._add_udp(endpoint)
+                    nursery.start_soon(run_udp_endpoint, table, sink, endpoint)
+                else:
+                    nursery.start_soon(
+                        _accept_loop,
+                        table,
+                        sink,
+                        trio.socket.from_stdlib_socket(raw),
+                        spec,
+                        ssl_context,
+                        nursery,
+                    )
+            nursery.start_soon(table._run_reaper)
+            for item in bound:
+                logger.debug("listening on %s", item)
+            task_status.started(bound)
+    finally:
+        if attached:
+            table._detach()
+        for _, raw in opened:
+            raw.close()
+
+
+def _describe(spec: ListenerSpec, raw: socket.socket) -> BoundListener:
+    name = raw.getsockname()
+    is_ws = spec.flow_transport in (Transport.WS, Transport.WSS)
+    return BoundListener(spec.transport, name[0], name[1], spec.path if is_ws else None)
+
+
+async def _bind(spec: ListenerSpec) -> list[socket.socket]:
+    """Bind (and listen on) every address ``spec.host`` resolves to."""
+    datagram = spec.flow_transport is Transport.UDP
+    socktype = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
+    try:
+        infos = await trio.socket.getaddrinfo(
+            spec.host or None, spec.port, type=socktype, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot resolve listen address {spec.host!r}: {exc}") from exc
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, str]] = set()
+    try:
+        for family, type_, proto, _, sockaddr in infos:
+            key = (int(family), str(sockaddr[0]))
+            if key in seen:
+                continue
+            seen.add(key)
+            raw = socket.socket(family, type_, proto)
+            sockets.append(raw)
+            if family == socket.AF_INET6:
+                raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if datagram:
+                try:
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
+                except OSError:
+                    pass  # the kernel caps it; not fatal
+            elif hasattr(socket, "SO_REUSEADDR") and not hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                raw.bind(sockaddr)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"cannot bind {spec.transport} {sockaddr[0]} port {spec.port}: {exc.strerror}",
+                ) from exc
+            if not datagram:
+                raw.listen(_BACKLOG)
+            raw.setblocking(False)
+    except BaseException:
+        for raw in sockets:
+            raw.close()
+        raise
+    return sockets
+
+
+async def _accept_loop(
+    table: FlowTable,
+    sink: MessageSink,
+    listener: trio.socket.SocketType,
+    spec: ListenerSpec,
+    ssl_context: ssl.SSLContext | None,
+    nursery: trio.Nursery,
+) -> None:
+    """Accept connections, apply the connection limits, start one task per connection."""
+    transport = spec.flow_transport
+    websocket = transport in (Transport.WS, Transport.WSS)
+    errors = RateLimitedLog()
+    while True:
+        try:
+            sock, addr = await listener.accept()
+        except OSError as exc:
+            if exc.errno in _CAPACITY_ERRNOS:
+                errors.warning(
+                    "accept on %s port %d: %s; backing off", transport.value, spec.port, exc
+                )
+                await trio.sleep(0.1)
+            else:
+                # e.g. ECONNABORTED: the peer gave up while queued. Never fatal.
+                logger.debug("accept on %s port %d: %s", transport.value, spec.port, exc)
+                await trio.sleep(0)
+            continue
+        ip = addr[0]
+        if not table._admit(ip):
+            sock.close()
+            continue
+        try:
+            if websocket:
+                nursery.start_soon(
+                    handle_accepted_websocket,
+                    table,
+                    sink,
+                    sock,
+                    ip,
+                    transport,
+                    ssl_context,
+                    spec.path,
+                )
+            else:
+                nursery.start_soon(
+                    handle_accepted_stream, table, sink, sock, ip, transport, ssl_context
+                )
+        except BaseException:
+            sock.close()
+            table._release(ip)
+            raise

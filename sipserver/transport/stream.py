@@ -1,0 +1,366 @@
+"""TCP and TLS connections: one reader task each, framing with ``StreamFramer``.
+
+RFC 3261 §18.3 (Content-Length framing; a framing error ends the connection), RFC 5626 §3.5.1 /
+§5.4 (a CRLF CRLF ping is answered at once with one CRLF; a pong is never answered, OB-EP-14).
+
+Invariants:
+- the reader task is the only task that reads a connection; it awaits the sink inline, so one
+  message is handled at a time per connection and a slow sink slows only its own connection;
+- a message that has started must complete within ``partial_message_timeout`` seconds, else
+  the connection is closed ("partial message timeout"): a slow or stalled sender cannot hold a
+  buffer forever;
+- every way a reader ends reports the flow closed exactly once (through the flow table), with
+  the first cause recorded winning (a close by the server is not re-reported as "reset").
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from sipserver.outbound.flow import Address, Flow, Transport
+from sipserver.sip.framer import (
+    FramedMessage,
+    FramingError,
+    KeepalivePing,
+    StreamFramer,
+)
+
+from .connection import Connection, deliver, logger
+from .errors import FlowGone, TransportError
+from .sink import MessageSink
+
+if TYPE_CHECKING:
+    from .flows import FlowTable
+
+__all__ = [
+    "TcpConnection",
+    "TlsConnection",
+    "cause_of",
+    "handle_accepted_stream",
+    "open_stream_connection",
+    "run_stream_connection",
+]
+
+# Read size: big enough for a full-size SIP message in one read; the buffer is per read, not
+# per connection (an idle connection holds no receive buffer).
+_RECV_SIZE = 65536
+_PONG = b"\r\n"
+# After a framing error: how long to drain the peer's input before closing (see _linger).
+_LINGER = 1.0
+
+
+class TcpConnection(Connection):
+    """A plain TCP connection, read and written on the trio socket directly."""
+
+    __slots__ = ("sock", "framer")
+
+    def __init__(
+        self,
+        flow: Flow,
+        now: float,
+        idle_limit: float | None,
+        sock: trio.socket.SocketType,
+        framer: StreamFramer,
+    ) -> None:
+        super().__init__(flow, now, idle_limit)
+        self.sock = sock
+        self.framer = framer
+
+    def receiver(self) -> Callable[[int], Awaitable[bytes]]:
+        recv: Callable[[int], Awaitable[bytes]] = self.sock.recv
+        return recv
+
+    async def write(self, data: bytes, binary: bool | None = None) -> None:
+        sock = self.sock
+        total = len(data)
+        sent = await sock.send(data)
+        if sent == total:
+            return
+        # Socket buffer full: the rest must follow, and a cancellation now would leave half a
+        # message on the wire.
+        self.write_broken = True
+        with memoryview(data) as view:
+            while sent < total:
+                sent += await sock.send(view[sent:])
+        self.write_broken = False
+
+    def abort(self) -> None:
+        self.sock.close()
+
+
+class TlsConnection(Connection):
+    """A TLS connection (RFC 3261 §26.2.1, Via transport TLS)."""
+
+    __slots__ = ("sock", "stream", "framer")
+
+    def __init__(
+        self,
+        flow: Flow,
+        now: float,
+        idle_limit: float | None,
+        sock: trio.socket.SocketType,
+        stream: trio.SSLStream[trio.SocketStream],
+        framer: StreamFramer,
+    ) -> None:
+        super().__init__(flow, now, idle_limit)
+        self.sock = sock
+        self.stream = stream
+        self.framer = framer
+
+    def receiver(self) -> Callable[[int], Awaitable[bytes]]:
+        recv: Callable[[int], Awaitable[bytes]] = self.stream.receive_some
+        return recv
+
+    async def write(self, data: bytes, binary: bool | None = None) -> None:
+        # trio: a cancelled SSLStream.send_all leaves the stream unusable.
+        self.write_broken = True
+        await self.stream.send_all(data)
+        self.write_broken = False
+
+    def abort(self) -> None:
+        # Closing the socket under the SSLStream wakes the reader and any writer at once.
+        self.sock.close()
+
+
+def cause_of(exc: BaseException, transport: Transport) -> str:
+    """A short, stable cause for ``on_flow_closed`` from a read/write exception."""
+    if isinstance(exc, trio.ClosedResourceError):
+        return "closed by server"
+    if isinstance(exc, trio.BrokenResourceError):
+        inner = exc.__cause__
+        if isinstance(inner, ssl.SSLError | ssl.CertificateError):
+            return "tls error"
+        if inner is not None:
+            return cause_of(inner, transport)
+        return "reset"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "reset"
+    if isinstance(exc, OSError):
+        if exc.errno == errno.EBADF:
+            return "closed by server"
+        if exc.errno == errno.ETIMEDOUT:
+            return "timeout"
+        return "socket error"
+    return "error"
+
+
+def _addresses(sock: trio.socket.SocketType) -> tuple[Address, Address]:
+    local = sock.getsockname()
+    remote = sock.getpeername()
+    return (local[0], local[1]), (remote[0], remote[1])
+
+
+def _set_nodelay(sock: trio.socket.SocketType) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+async def handle_accepted_stream(
+    table: FlowTable,
+    sink: MessageSink,
+    sock: trio.socket.SocketType,
+    ip: str,
+    transport: Transport,
+    ssl_context: ssl.SSLContext | None,
+) -> None:
+    """Task body for one accepted TCP/TLS connection (already counted by the flow table)."""
+    try:
+        # The set-up coroutine returns before the reader starts, so an idle connection keeps
+        # only the reader's frames alive.
+        conn = await _set_up_accepted(table, sock, transport, ssl_context)
+        if conn is not None:
+            table._register(conn)
+            await run_stream_connection(table, sink, conn)
+    except Exception:
+        # A bug or an unexpected library error: it ends this connection, never the listener.
+        logger.exception("connection from %s failed", ip)
+    finally:
+        sock.close()
+        table._release(ip)
+
+
+async def _set_up_accepted(
+    table: FlowTable,
+    sock: trio.socket.SocketType,
+    transport: Transport,
+    ssl_context: ssl.SSLContext | None,
+) -> TcpConnection | TlsConnection | None:
+    """The flow of an accepted connection, after its TLS handshake; None if it failed."""
+    _set_nodelay(sock)
+    try:
+        local, remote = _addresses(sock)
+    except OSError:
+        return None  # the peer is already gone
+    limits = table.limits
+    framer = StreamFramer(limits.max_message_size)
+    if transport is Transport.TLS:
+        assert ssl_context is not None
+        stream = trio.SSLStream(
+            trio.SocketStream(sock), ssl_context, server_side=True, https_compatible=True
+        )
+        with trio.move_on_after(limits.handshake_timeout) as scope:
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                logger.debug("TLS handshake with %s failed: %r", remote, exc.__cause__ or exc)
+                return None
+        if scope.cancelled_caught:
+            logger.debug("TLS handshake with %s timed out", remote)
+            return None
+        flow = Flow(transport, local, remote, table._new_serial())
+        return TlsConnection(
+            flow, trio.current_time(), limits.idle_flow_timeout, sock, stream, framer
+        )
+    flow = Flow(transport, local, remote, table._new_serial())
+    return TcpConnection(flow, trio.current_time(), limits.idle_flow_timeout, sock, framer)
+
+
+async def open_stream_connection(
+    table: FlowTable,
+    transport: Transport,
+    remote: Address,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+) -> Connection:
+    """Connect to ``remote`` over TCP or TLS; raises OSError, TooSlowError or BrokenResourceError.
+
+    The caller registers the returned connection and runs its reader.
+    """
+    limits = table.limits
+    family = socket.AF_INET6 if ":" in remote[0] else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        with trio.fail_after(limits.connect_timeout):
+            await sock.connect(remote)
+            _set_nodelay(sock)
+            local, peer = _addresses(sock)
+            framer = StreamFramer(limits.max_message_size)
+            if transport is Transport.TLS:
+                assert ssl_context is not None
+                stream = trio.SSLStream(
+                    trio.SocketStream(sock),
+                    ssl_context,
+                    server_hostname=server_hostname or remote[0],
+                    https_compatible=True,
+                )
+                await stream.do_handshake()
+                flow = Flow(transport, local, peer, table._new_serial())
+                return TlsConnection(
+                    flow, trio.current_time(), limits.idle_flow_timeout, sock, stream, framer
+                )
+            flow = Flow(transport, local, peer, table._new_serial())
+            return TcpConnection(flow, trio.current_time(), limits.idle_flow_timeout, sock, framer)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def run_stream_connection(
+    table: FlowTable, sink: MessageSink, conn: TcpConnection | TlsConnection
+) -> None:
+    """The reader loop of a registered TCP/TLS connection; reports the flow closed when done."""
+    cause = "closed by peer"
+    try:
+        cause = await _read_loop(table, sink, conn)
+    except trio.Cancelled:
+        cause = "shutdown"
+        raise
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        cause = cause_of(exc, conn.flow.transport)
+    except Exception:
+        logger.exception("reader of %s failed", conn.flow.id)
+        cause = "internal error"
+    finally:
+        table._end(conn, cause)
+        conn.abort()
+
+
+async def _read_loop(
+    table: FlowTable, sink: MessageSink, conn: TcpConnection | TlsConnection
+) -> str:
+    flow = conn.flow
+    framer = conn.framer
+    receive = conn.receiver()
+    partial_timeout = table.limits.partial_message_timeout
+    started = 0.0  # when the incomplete message at the end of the buffer began (0: none)
+    while True:
+        if started:
+            with trio.move_on_at(started + partial_timeout) as scope:
+                data = await receive(_RECV_SIZE)
+            if scope.cancelled_caught:
+                return "partial message timeout"
+        else:
+            data = await receive(_RECV_SIZE)
+        if conn.cause is not None:
+            return conn.cause
+        if not data:
+            return "closed by peer"
+        now = trio.current_time()
+        conn.last_activity = now
+        framer.feed(data)
+        completed = False
+        while True:
+            try:
+                event = framer.next_event()
+            except FramingError as exc:
+                await _framing_error(sink, flow, exc)
+                cause = f"framing error ({exc.status} {exc.reason})"
+                table._end(conn, cause)
+                await _linger(conn, receive)
+                return cause
+            if event is None:
+                break
+            if type(event) is FramedMessage:
+                completed = True
+                await deliver(sink, flow, event.data)
+            elif type(event) is KeepalivePing:
+                # RFC 5626 §4.4.1 / OB-EP-14: answer a ping at once with a single CRLF.
+                try:
+                    await table._send_conn(conn, _PONG)
+                except FlowGone as gone:
+                    return gone.cause
+                table._report_keepalive(flow)
+            # KeepalivePong: activity only, never answered (OB-KA-01).
+            if conn.cause is not None:
+                return conn.cause
+        if framer.pending:
+            if completed or not started:
+                started = now
+        else:
+            started = 0.0
+
+
+async def _linger(
+    conn: TcpConnection | TlsConnection, receive: Callable[[int], Awaitable[bytes]]
+) -> None:
+    """Close gently after a framing error so the peer gets the error response.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    response the sink just sent. So: send FIN, then read and drop input for a short while.
+    """
+    if not isinstance(conn, TcpConnection):
+        return
+    try:
+        conn.sock.shutdown(socket.SHUT_WR)
+        with trio.move_on_after(_LINGER):
+            while await receive(_RECV_SIZE):
+                pass
+    except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+        pass
+
+
+async def _framing_error(sink: MessageSink, flow: Flow, exc: FramingError) -> None:
+    try:
+        await sink.on_framing_error(flow, exc)
+    except TransportError as err:
+        logger.debug("sink could not answer the framing error on %s: %s", flow.id, err)
+    except Exception:
+        logger.exception("sink.on_framing_error failed on %s", flow.id)

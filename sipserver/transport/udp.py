@@ -1,0 +1,111 @@
+"""UDP listener: one socket, one task, every datagram handled inline (RFC 3261 §18.1/§18.2).
+
+Each datagram is, in this order (RFC 5626 §8, OB-STUN-01..03): a STUN message, answered with a
+Binding success response when it is a well-formed Binding request and otherwise dropped, never
+handed to SIP; a datagram of only CR/LF/SP/HTAB, which is a keep-alive and counts as activity
+only; anything else is one SIP message for the sink, whatever its size (the parser answers 513
+to an oversized one).
+
+Invariants: a UDP flow is the 5-tuple (our bound address, the source address); its first
+datagram reports ``on_flow_opened``; the flow table forgets it after its idle limit. The flow's
+local address is the listener's bound address (a wildcard socket gives ``0.0.0.0``/``::``).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+from sipserver.outbound.flow import Address
+from sipserver.outbound.stun import binding_response, is_stun
+
+from .connection import UdpFlowState, deliver, logger
+from .sink import MessageSink
+
+if TYPE_CHECKING:
+    from .flows import FlowTable
+
+__all__ = ["UdpEndpoint", "run_udp_endpoint"]
+
+# The largest UDP payload; a datagram is never truncated.
+_RECV_SIZE = 65535
+_BLANK = b" \t\r\n"
+
+
+class UdpEndpoint:
+    """One bound UDP socket and the flows that have used it."""
+
+    __slots__ = ("local", "family", "raw", "sock", "flows")
+
+    def __init__(self, raw: socket.socket) -> None:
+        raw.setblocking(False)
+        self.raw = raw
+        self.sock = trio.socket.from_stdlib_socket(raw)
+        self.family = raw.family
+        name = raw.getsockname()
+        self.local: Address = (name[0], name[1])
+        self.flows: dict[Address, UdpFlowState] = {}
+
+    async def sendto(self, data: bytes, remote: Address) -> None:
+        """Send one datagram to an IP-literal address.
+
+        Done on the plain socket to skip trio's per-call address resolution (this is the UDP hot
+        path); it still behaves like a trio I/O call: a cancellation point that waits if the
+        socket buffer is full.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                self.raw.sendto(data, remote)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.raw)
+            else:
+                break
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def run_udp_endpoint(table: FlowTable, sink: MessageSink, endpoint: UdpEndpoint) -> None:
+    """Read datagrams until cancelled (or the socket is closed)."""
+    recvfrom = endpoint.sock.recvfrom
+    flows = endpoint.flows
+    while True:
+        try:
+            data, addr = await recvfrom(_RECV_SIZE)
+        except trio.ClosedResourceError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                return
+            # e.g. an ICMP error reported on the socket (Windows): not fatal for the listener.
+            logger.debug("UDP receive error on %s: %s", endpoint.local, exc)
+            continue
+        remote: Address = (addr[0], addr[1])
+        now = trio.current_time()
+        state = flows.get(remote)
+        if state is None:
+            state = table._open_udp(endpoint, remote, now)
+        else:
+            state.last_activity = now
+        if not data:
+            continue
+        first = data[0]
+        if first < 0x40 and is_stun(data):
+            # RFC 5626 §8: STUN keep-alive on the SIP port; never parsed as SIP.
+            response = binding_response(data, remote)
+            if response is not None:
+                try:
+                    await endpoint.sendto(response, remote)
+                except OSError as exc:
+                    logger.debug("cannot answer STUN from %s: %s", remote, exc)
+                else:
+                    table._report_keepalive(state.flow)
+            continue
+        if first in _BLANK and not data.strip(_BLANK):
+            continue  # CRLF keep-alive over UDP: activity only
+        await deliver(sink, state.flow, data)
