@@ -1,0 +1,183 @@
+"""Proxy request processing up to the choice of targets (RFC 3261 §16.3-§16.6, RFC 5626 §5.3).
+
+Sans-IO: functions take a request, the flow it arrived on and this server's identity, and return
+decisions. Invariants:
+- A Route or Record-Route URI is "ours" when its host is one of our addresses or served domains
+  and its port is one of our ports (or absent).
+- A Route of ours whose user part is present must be a valid flow token (RFC 5626 §5.2); a token
+  that fails its HMAC is a forgery and the request is refused with 403, never guessed at.
+- Routing to a flow named by a token never touches the Contact (no Contact rewriting anywhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from ..outbound.flow import Flow, Transport
+from ..outbound.flowtoken import FlowTokenCodec, InvalidToken
+from ..sip.errors import ParseError
+from ..sip.headers import NameAddr
+from ..sip.message import Request
+from ..sip.uri import SipURI
+
+SUPPORTED_OPTIONS = frozenset({"path", "outbound", "gruu"})
+# Requests that create a dialog and so get a Record-Route (RFC 3261 §16.6 step 4; RFC 6665, 3515).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+KNOWN_METHODS = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY",
+     "REFER", "PUBLISH", "INFO", "UPDATE", "PRACK"}
+)
+
+
+@attrs.define
+class LocalIdentity:
+    """Who "we" are: addresses, ports and domains this server answers for."""
+
+    hosts: set[str] = attrs.field(factory=set)
+    ports: set[int] = attrs.field(factory=set)
+    domains: set[str] = attrs.field(factory=set)
+
+    def add_host(self, host: str) -> None:
+        self.hosts.add(host.lower().strip("[]"))
+
+    def is_local_domain(self, host: str) -> bool:
+        """Served domain: configured domains, our addresses, and ``localhost`` (issue: runtime)."""
+        h = host.lower().strip("[]")
+        return h in self.domains or h in self.hosts or h == "localhost"
+
+    def is_ours(self, uri: SipURI) -> bool:
+        host = uri.host.lower()
+        if host not in self.hosts and host not in self.domains and host != "localhost":
+            return False
+        return uri.port is None or uri.port in self.ports
+
+
+@attrs.frozen
+class RouteResult:
+    """Outcome of Route pre-processing (RFC 3261 §16.4, RFC 5626 §5.3.1)."""
+
+    # the flow named by the last token of ours whose flow differs from the arrival flow:
+    # the request goes down that flow (an "incoming" request in RFC 5626 §5.3.1 terms)
+    token_flow: Flow | None = None
+    # whether that token URI carried ;ob (or is connection-bound) so the flow must be used
+    token_ob: bool = False
+    # a status to answer with at once (403 forged token), with a reason
+    reject: tuple[int, str] | None = None
+    popped: int = 0
+
+
+def preprocess_routes(
+    req: Request, arrival: Flow, identity: LocalIdentity, codec: FlowTokenCodec
+) -> RouteResult:
+    """Pop every top Route that is ours; decode flow tokens on the way.
+
+    RFC 3261 §16.4: a top Route naming this proxy is removed. RFC 5626 §5.3.1: a token whose flow
+    is the arrival flow marks an outgoing request (from the UA): keep going; a token naming another
+    flow marks an incoming request: that flow is the destination. Two Record-Route entries of ours
+    (one per leg, OB-CS-06) are both consumed here, in either direction of the dialog."""
+    token_flow: Flow | None = None
+    token_ob = False
+    popped = 0
+    while True:
+        routes = req.routes
+        if not routes:
+            break
+        top = routes[0]
+        uri = top.uri
+        if not isinstance(uri, SipURI) or not identity.is_ours(uri):
+            break
+        if uri.user:
+            try:
+                flow = codec.decode(uri.user)
+            except InvalidToken:
+                return RouteResult(reject=(403, "Forbidden (invalid flow token in Route)"))
+            if flow != arrival:
+                token_flow = flow
+                token_ob = uri.has_param("ob") or flow.transport.reliable
+        req.pop_first_value("route")
+        popped += 1
+    return RouteResult(token_flow=token_flow, token_ob=token_ob, popped=popped)
+
+
+def restore_strict_route(req: Request, identity: LocalIdentity) -> bool:
+    """RFC 3261 §16.4: a Request-URI that is ours and a Route set present means the previous hop
+    was a strict router: the real Request-URI is the last Route value."""
+    uri = req.uri
+    if not isinstance(uri, SipURI) or not identity.is_ours(uri) or uri.user is None:
+        return False
+    routes = req.routes
+    if not routes or not uri.has_param("lr") and not routes:
+        return False
+    # Our Record-Route URIs carry a flow token user part and lr; a strict router puts exactly
+    # such a URI in the Request-URI.
+    if not uri.has_param("lr"):
+        return False
+    last = routes[-1]
+    values = req.header_values("route")
+    req.remove_header("route")
+    for value in values[:-1]:
+        req.add_header("Route", value)
+    req.uri = last.sip_uri
+    return True
+
+
+def unsupported_proxy_require(req: Request) -> list[str]:
+    """RFC 3261 §16.3 step 5: Proxy-Require tags we do not support (420 + Unsupported)."""
+    return sorted(t for t in req.proxy_require if t not in SUPPORTED_OPTIONS)
+
+
+def check_max_forwards(req: Request) -> int | None:
+    """RFC 3261 §16.3 step 3. Returns the value to forward with, None when exhausted."""
+    mf = req.max_forwards
+    if mf is None:
+        return 70  # RFC 3261 §16.6 step 3: add one
+    if mf <= 0:
+        return None
+    return min(mf, 256) - 1
+
+
+def is_dialog_creating(req: Request) -> bool:
+    return req.method in DIALOG_CREATING and req.to_tag is None
+
+
+def client_wants_outbound(req: Request) -> bool:
+    """RFC 5626 §5.3.2: the UA asked for outbound when its Contact (or the top Route) has ;ob."""
+    try:
+        for c in req.contacts:
+            if not c.star and isinstance(c.uri, SipURI) and c.uri.has_param("ob"):
+                return True
+    except ParseError:
+        return False
+    return False
+
+
+def record_route_uri(
+    local: SipURI, token: str | None, *, ob: bool
+) -> str:
+    """Our Record-Route value: ``<sip:TOKEN@host:port;transport=x;lr[;ob]>`` (RFC 5626 §5.3)."""
+    uri = local.replace(user=token)
+    uri = uri.with_param("lr")
+    if ob:
+        uri = uri.with_param("ob")
+    return f"<{uri}>"
+
+
+def target_route_set(path: Iterable[str]) -> list[NameAddr]:
+    return [NameAddr.parse(p, "Path") for p in path]
+
+
+def transport_for_uri(uri: SipURI) -> Transport:
+    t = uri.transport
+    if uri.secure:
+        return Transport.TLS if t in (None, "tcp", "tls") else Transport.WSS
+    if t == "tcp":
+        return Transport.TCP
+    if t == "tls":
+        return Transport.TLS
+    if t == "ws":
+        return Transport.WS
+    if t == "wss":
+        return Transport.WSS
+    return Transport.UDP
