@@ -700,7 +700,7 @@ class Server:
             return [Dest(req.uri_text, [], uri=nxt)], None
         uri = req.uri
         assert isinstance(uri, SipURI)
-        if self.identity.is_local_domain(uri.host):
+        if self.identity.is_served_uri(uri):
             now = time.time()
             if uri.has_param("gr"):
                 match = self.store.find_gruu(uri, now)

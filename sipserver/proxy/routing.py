@@ -47,6 +47,15 @@ class LocalIdentity:
         h = host.lower().strip("[]")
         return h in self.domains or h in self.hosts or h == "localhost"
 
+    def is_served_uri(self, uri: SipURI) -> bool:
+        """A Request-URI this server resolves through the location service: a served domain or
+        one of our addresses on one of our ports. A UA on our own host (our IP, another port) is
+        a target, not us."""
+        host = uri.host.lower()
+        if host in self.domains or host == "localhost":
+            return True
+        return host in self.hosts and (uri.port is None or uri.port in self.ports)
+
     def is_ours(self, uri: SipURI) -> bool:
         host = uri.host.lower()
         if host not in self.hosts and host not in self.domains and host != "localhost":

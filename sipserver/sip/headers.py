@@ -3,12 +3,20 @@
 Invariants: header names are matched through ``header_key`` (lower case, compact forms expanded);
 typed views are built from the raw value text on demand and never change the message. Each view
 keeps the raw text of its value (``raw``) so a proxy can forward values it did not edit unchanged.
-Splitting a comma-separated header respects quoted strings and angle brackets.
+Splitting a comma-separated header respects quoted strings and angle brackets. Numbers are ASCII
+digits only and are never converted with more than 20 significant digits (large values clamp or
+fail as each view documents), so no input reaches ``int()``'s limits. Bad input raises
+``ParseError`` and nothing else.
+
+Speed: Via and name-addr values of the common shape are recognised by one precompiled regex each;
+anything else takes the careful path, which gives the same result for every input the fast
+regex accepts.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 from .errors import ParseError
 from .uri import URI, SipURI, parse_uri
@@ -65,11 +73,39 @@ def header_key(name: str) -> str:
     return key
 
 
+_canonical_cache: dict[str, str] = {}
+
+
 def canonical_name(key: str) -> str:
-    name = CANONICAL_NAMES.get(key)
+    """How this server spells header ``key`` (``record-route`` -> ``Record-Route``)."""
+    name = _canonical_cache.get(key)
     if name is None:
-        name = "-".join(part.capitalize() for part in key.split("-"))
+        name = CANONICAL_NAMES.get(key)
+        if name is None:
+            name = "-".join(part.capitalize() for part in key.split("-"))
+        if len(_canonical_cache) < 4096:
+            _canonical_cache[key] = name
     return name
+
+
+def is_digits(text: str) -> bool:
+    """1*DIGIT in the RFC's sense: ASCII only (``str.isdigit`` also takes '²', which ``int``
+    refuses, and other scripts' digits)."""
+    return text.isascii() and text.isdigit()
+
+
+def clamped_int(text: str, cap: int) -> int | None:
+    """The value of an all-digit ``text`` capped at ``cap`` (None if not all digits). Leading
+    zeros are allowed (RFC 4475 wsinv); a value with more than 20 significant digits is taken as
+    ``cap`` without converting it, so huge inputs cost nothing (RFC 4475 scalar02)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    if len(text) > 20:
+        text = text.lstrip("0")
+        if len(text) > 20:
+            return cap
+    n = int(text) if text else 0
+    return n if n < cap else cap
 
 
 _TOKEN_CHARS = frozenset(
@@ -168,8 +204,10 @@ def split_params(text: str, where: str) -> list[tuple[str, str | None]]:
 
 
 def _find_param(params: list[tuple[str, str | None]], name: str) -> tuple[bool, str | None]:
+    """(present, value) of header parameter ``name``; names compare case-insensitively."""
+    lname = name.lower()
     for key, value in params:
-        if key.lower() == name:
+        if key.lower() == lname:
             return True, value
     return False, None
 
@@ -178,7 +216,7 @@ def unquote_value(value: str) -> str:
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
         inner = value[1:-1]
         if "\\" in inner:
-            inner = re.sub(r"\\(.)", r"\1", inner)
+            inner = re.sub(r"\\(.)", r"\1", inner, flags=re.S)
         return inner
     return value
 
@@ -187,12 +225,25 @@ def render_params(params: list[tuple[str, str | None]]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
 
 
+# Header parameters in their common shape: ``;name``, ``;name=value`` or ``;name="quoted"``
+# with no whitespace, no escapes inside quotes. Text matching this splits exactly as
+# ``split_params`` would split it, so without quotes it can be cut up with plain ``str.split``.
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]"
+_FAST_HPARAMS = rf"""((?:;{_TOKEN}++(?:=(?:[A-Za-z0-9\-.!%*_+`'~:\[\]/@]++|"[^"\\]*+"))?)*+)"""
+
+
 # ----------------------------------------------------------------------------------- Via
 
 _VIA_RE = re.compile(
     r"SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9.!%*_+`'~\-]+)\s+"
     r"(\[[0-9A-Fa-f:.]+\]|[^\s;:\[\]]+)(?:\s*:\s*([0-9]+))?\s*(?:;(.*))?\Z",
     re.S,
+)
+# The common shape: ``SIP/2.0/TCP host:port;branch=...;rport``, single spaces, plain host.
+_VIA_FAST_RE = re.compile(
+    r"SIP/2\.0/([A-Za-z0-9.!%*_+`'~\-]++) "
+    r"([A-Za-z0-9][A-Za-z0-9\-.]*+|\[[0-9A-Fa-f:.]++\])"
+    r"(?::([0-9]{1,5}+))?" + _FAST_HPARAMS + r"\Z"
 )
 
 
@@ -212,18 +263,42 @@ class Via:
 
     @classmethod
     def parse(cls, raw: str) -> Via:
-        m = _VIA_RE.match(raw)
+        m = _VIA_FAST_RE.match(raw)
         if m is None:
-            raise ParseError(f"malformed Via {raw[:80]!r}")
+            return cls._parse_careful(raw)
         transport, host, port_text, ptext = m.groups()
-        if host.startswith("["):
+        if host[0] == "[":
             host = host[1:-1]
         port = None
         if port_text is not None:
             port = int(port_text)
             if port > 65535:
                 raise ParseError(f"Via port out of range in {raw[:80]!r}")
+        params: list[tuple[str, str | None]] = []
+        if ptext:
+            if '"' in ptext:
+                params = split_params(ptext[1:], "Via")
+            else:
+                append = params.append
+                for item in ptext[1:].split(";"):
+                    name, sep, value = item.partition("=")
+                    append((name, value if sep else None))
+        return cls(raw, transport.upper(), host, port, params)
+
+    @classmethod
+    def _parse_careful(cls, raw: str) -> Via:
+        m = _VIA_RE.match(raw)
+        if m is None:
+            raise ParseError(f"malformed Via {raw[:80]!r}")
+        transport, host, port_text, ptext = m.groups()
         params = split_params(ptext, "Via") if ptext is not None else []
+        if host[0] == "[":
+            host = host[1:-1]
+        port = None
+        if port_text is not None:
+            port = int(port_text) if len(port_text) <= 5 else 65536
+            if port > 65535:
+                raise ParseError(f"Via port out of range in {raw[:80]!r}")
         return cls(raw, transport.upper(), host, port, params)
 
     def param(self, name: str) -> str | None:
@@ -234,7 +309,7 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        return self.param("branch")
+        return _find_param(self.params, "branch")[1]
 
     @property
     def received(self) -> str | None:
@@ -247,13 +322,16 @@ class Via:
     @property
     def ttl(self) -> int | None:
         value = self.param("ttl")
-        return int(value) if value and value.isdigit() else None
+        return clamped_int(value, 256) if value else None
 
     @property
     def rport(self) -> int | None:
         """The filled-in rport value, None when absent or empty (RFC 3581)."""
         value = self.param("rport")
-        return int(value) if value and value.isdigit() else None
+        if not value:
+            return None
+        port = clamped_int(value, 65536)
+        return port if port is not None and port <= 65535 else None
 
     @property
     def wants_rport(self) -> bool:
@@ -268,8 +346,9 @@ class Via:
         """A copy with parameters set (None = valueless); used for received/rport."""
         params = list(self.params)
         for name, value in values.items():
+            lname = name.lower()
             for i, (key, _) in enumerate(params):
-                if key.lower() == name:
+                if key.lower() == lname:
                     params[i] = (key, value)
                     break
             else:
@@ -287,6 +366,20 @@ class Via:
 # ------------------------------------------------------------------------- name-addr
 
 _DISPLAY_TOKEN_CHARS = _TOKEN_CHARS | frozenset(" \t")
+
+# The common shapes: ``"Quoted" <uri>;p=v``, ``Token Words <uri>;p``, ``<uri>``, and the
+# addr-spec ``uri;p=v`` (whose URI cannot hold ';', '?' or '<'); no whitespace but single
+# spaces between display words and before '<'.
+_NAME_ADDR_FAST_RE = re.compile(
+    rf"""(?:("(?:[^"\\]|\\.)*+") *+|({_TOKEN}++(?: {_TOKEN}++)*+) *+)?<([^<>\s"]++)>"""
+    + _FAST_HPARAMS
+    + r"""\Z|([^\s<>";?]++)"""
+    + _FAST_HPARAMS
+    + r"\Z",
+    re.S,
+)
+
+_NA = TypeVar("_NA", bound="NameAddr")
 
 
 class NameAddr:
@@ -312,62 +405,24 @@ class NameAddr:
         self._uri: URI | None = None
 
     @classmethod
-    def parse(cls, raw: str, where: str = "header") -> NameAddr:
-        text = raw.strip()
-        display: str | None = None
-        if text.startswith('"'):
-            i = 1
-            n = len(text)
-            while i < n:
-                ch = text[i]
-                if ch == "\\":
-                    i += 2
-                    continue
-                if ch == '"':
-                    break
-                i += 1
+    def parse(cls: type[_NA], raw: str, where: str = "header") -> _NA:
+        m = _NAME_ADDR_FAST_RE.match(raw)
+        if m is None:
+            return cls(raw, *_parse_name_addr(raw, where))
+        quoted, token, uri_text, ptext, spec, spec_ptext = m.groups()
+        bracketed = spec is None
+        if not bracketed:
+            uri_text, ptext = spec, spec_ptext
+        params: list[tuple[str, str | None]] = []
+        if ptext:
+            if '"' in ptext:
+                params = split_params(ptext[1:], where)
             else:
-                raise ParseError(f"unterminated quoted display name in {where}")
-            display = text[: i + 1]
-            text = text[i + 1 :].lstrip()
-            if not text.startswith("<"):
-                raise ParseError(f"display name not followed by <URI> in {where}")
-        lt = text.find("<")
-        if lt >= 0:
-            if display is None:
-                dn = text[:lt].strip()
-                if dn:
-                    if not _DISPLAY_TOKEN_CHARS.issuperset(dn):
-                        raise ParseError(f"display name must be a token or quoted string in {where}")
-                    display = dn
-            gt = text.find(">", lt)
-            if gt < 0:
-                raise ParseError(f"missing '>' in {where}")
-            uri_text = text[lt + 1 : gt]
-            if uri_text != uri_text.strip() or not uri_text:
-                raise ParseError(f"whitespace or nothing inside <> in {where}")
-            rest = text[gt + 1 :].strip()
-            bracketed = True
-        else:
-            # addr-spec form: the URI ends at the first ';' and cannot carry '?headers'
-            # (RFC 3261 §20.10; RFC 4475 §3.1.2.13 regbadct).
-            semi = text.find(";")
-            if semi >= 0:
-                uri_text, rest = text[:semi].strip(), text[semi:]
-            else:
-                uri_text, rest = text, ""
-            if "?" in uri_text:
-                raise ParseError(f"URI with headers must be enclosed in <> in {where}")
-            if not uri_text or any(c in uri_text for c in " \t"):
-                raise ParseError(f"malformed address in {where}")
-            bracketed = False
-        if rest:
-            if not rest.startswith(";"):
-                raise ParseError(f"junk after address in {where}: {rest[:40]!r}")
-            params = split_params(rest[1:], where)
-        else:
-            params = []
-        return cls(raw, display, uri_text, params, bracketed)
+                append = params.append
+                for item in ptext[1:].split(";"):
+                    name, sep, value = item.partition("=")
+                    append((name, value if sep else None))
+        return cls(raw, quoted or token, uri_text, params, bracketed)
 
     @property
     def uri(self) -> URI:
@@ -390,7 +445,7 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        return self.param("tag")
+        return _find_param(self.params, "tag")[1]
 
     def render(self, params: list[tuple[str, str | None]] | None = None) -> str:
         """Text of this value with ``params`` (default: its own), URI always in <>."""
@@ -411,6 +466,70 @@ class NameAddr:
         return f"NameAddr({self.raw!r})"
 
 
+def _parse_name_addr(
+    raw: str, where: str
+) -> tuple[str | None, str, list[tuple[str, str | None]], bool]:
+    """The careful path: (display, uri_text, params, bracketed) of any name-addr/addr-spec."""
+    text = raw.strip()
+    display: str | None = None
+    if text.startswith('"'):
+        i = 1
+        n = len(text)
+        while i < n:
+            ch = text[i]
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == '"':
+                break
+            i += 1
+        else:
+            raise ParseError(f"unterminated quoted display name in {where}")
+        display = text[: i + 1]
+        text = text[i + 1 :].lstrip()
+        if not text.startswith("<"):
+            raise ParseError(f"display name not followed by <URI> in {where}")
+    lt = text.find("<")
+    if lt >= 0:
+        if display is None:
+            dn = text[:lt].strip()
+            if dn:
+                if not _DISPLAY_TOKEN_CHARS.issuperset(dn):
+                    raise ParseError(f"display name must be a token or quoted string in {where}")
+                display = dn
+        gt = text.find(">", lt)
+        if gt < 0:
+            raise ParseError(f"missing '>' in {where}")
+        uri_text = text[lt + 1 : gt]
+        if uri_text != uri_text.strip() or not uri_text:
+            raise ParseError(f"whitespace or nothing inside <> in {where}")
+        rest = text[gt + 1 :].strip()
+        bracketed = True
+    else:
+        # addr-spec form: the URI ends at the first ';' and cannot carry '?headers'
+        # (RFC 3261 §20.10; RFC 4475 §3.1.2.13 regbadct).
+        semi = text.find(";")
+        if semi >= 0:
+            uri_text, rest = text[:semi].strip(), text[semi:]
+        else:
+            uri_text, rest = text, ""
+        if "?" in uri_text:
+            raise ParseError(f"URI with headers must be enclosed in <> in {where}")
+        if not uri_text or any(c in uri_text for c in " \t"):
+            raise ParseError(f"malformed address in {where}")
+        bracketed = False
+    if rest:
+        if not rest.startswith(";"):
+            raise ParseError(f"junk after address in {where}: {rest[:40]!r}")
+        params = split_params(rest[1:], where)
+    else:
+        params = []
+    return display, uri_text, params, bracketed
+
+
+_Q_RE = re.compile(r"[0-9]{1,5}(?:\.[0-9]{0,5})?\Z")
+
+
 class Contact(NameAddr):
     """A Contact value; ``star`` for the ``*`` wildcard (RFC 3261 §10.2.2)."""
 
@@ -425,15 +544,19 @@ class Contact(NameAddr):
         bracketed: bool,
         star: bool = False,
     ) -> None:
-        super().__init__(raw, display, uri_text, params, bracketed)
+        self.raw = raw
+        self.display = display
+        self.uri_text = uri_text
+        self.params = params
+        self.bracketed = bracketed
+        self._uri = None
         self.star = star
 
     @classmethod
     def parse(cls, raw: str, where: str = "Contact") -> Contact:
-        if raw.strip() == "*":
+        if "*" in raw and raw.strip() == "*":
             return cls(raw, None, "*", [], False, star=True)
-        na = NameAddr.parse(raw, where)
-        return cls(na.raw, na.display, na.uri_text, na.params, na.bracketed)
+        return super().parse(raw, where)
 
     @property
     def expires(self) -> int | None:
@@ -442,19 +565,21 @@ class Contact(NameAddr):
         if value is None:
             return None
         value = unquote_value(value)
-        if not value.isdigit():
+        n = clamped_int(value, 2**32 - 1)
+        if n is None:
             raise ParseError(f"Contact expires is not a number: {value[:20]!r}")
-        return min(int(value), 2**32 - 1)
+        return n
 
     @property
     def q(self) -> float:
+        """The q parameter, 1.0 when absent; a value outside 0..1 or not a plain decimal
+        number is a ParseError (RFC 3261 §20.10 qvalue)."""
         value = self.param("q")
         if value is None:
             return 1.0
-        try:
-            q = float(value)
-        except ValueError:
-            raise ParseError(f"Contact q is not a number: {value[:20]!r}") from None
+        if not _Q_RE.match(value):
+            raise ParseError(f"Contact q is not a number: {value[:20]!r}")
+        q = float(value)
         if not 0.0 <= q <= 1.0:
             raise ParseError(f"Contact q out of range 0..1: {value[:20]!r}")
         return q
@@ -484,15 +609,20 @@ class Contact(NameAddr):
     def reg_id(self) -> int | None:
         """reg-id if valid (1..2^31-1, RFC 5626 §11.2 / OB-REG-17), else None."""
         value = self.param("reg-id")
-        if value is None or not value.isdigit():
+        if value is None:
             return None
-        n = int(value)
-        return n if 1 <= n <= 2**31 - 1 else None
+        n = clamped_int(value, 2**31)
+        return n if n is not None and 1 <= n <= 2**31 - 1 else None
 
 
 # ------------------------------------------------------------------------------ CSeq
 
+_CSEQ_FAST_RE = re.compile(rf"([0-9]{{1,9}}) ({_TOKEN}++)\Z")
+
+
 class CSeq:
+    """CSeq (RFC 3261 §20.16): a sequence number below 2^32 and a method token."""
+
     __slots__ = ("seq", "method")
 
     def __init__(self, seq: int, method: str) -> None:
@@ -501,10 +631,16 @@ class CSeq:
 
     @classmethod
     def parse(cls, raw: str) -> CSeq:
+        m = _CSEQ_FAST_RE.match(raw)
+        if m is not None:
+            seq, method = m.groups()
+            return cls(int(seq), method)
         parts = raw.split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2:
             raise ParseError(f"malformed CSeq {raw[:60]!r}")
-        seq = int(parts[0])
+        seq = clamped_int(parts[0], 2**32)
+        if seq is None:
+            raise ParseError(f"malformed CSeq {raw[:60]!r}")
         if seq > 2**32 - 1:
             raise ParseError("CSeq number exceeds 2^32-1")
         if not is_token(parts[1]):

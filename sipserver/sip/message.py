@@ -7,7 +7,11 @@ Invariants:
   every other byte of the message as it was.
 - Typed views (``vias``, ``cseq``, ``contacts``...) are built from header values on first use and
   cached; any edit drops the cache. A malformed header seen through a view raises ``ParseError``
-  (the runtime answers 400), so headers a request never needs are never parsed.
+  (the runtime answers 400), so headers a request never needs are never parsed. The same holds
+  for the Request-URI: ``Request.uri`` parses ``uri_text`` on first use.
+- Edits go through the methods here (``add_header``, ``set_header``, ``pop_first_value``...),
+  which drop the index and the view cache; code that changes ``headers`` in place must call
+  ``_changed()`` itself.
 - Text is decoded from UTF-8 with ``surrogateescape``: any byte sequence round-trips.
 """
 
@@ -17,11 +21,12 @@ from typing import Any
 
 from .errors import ParseError
 from .headers import (
-    CSeq,
     Contact,
+    CSeq,
     NameAddr,
     Via,
     canonical_name,
+    clamped_int,
     header_key,
     parse_option_tags,
     split_commas,
@@ -51,18 +56,61 @@ class Header:
 
 
 class Message:
-    """Common part of requests and responses."""
+    """Common part of requests and responses.
 
-    __slots__ = ("headers", "body", "_cache", "_index")
+    A parsed message holds its header lines as compact rows and a name -> values index; the
+    ``Header`` objects of ``headers`` are made on first use, and until then (and until any
+    edit) ``to_bytes`` returns the received header bytes as they were."""
+
+    __slots__ = ("_headers", "_rows", "_vindex", "_head", "body", "_cache", "_index")
 
     def __init__(self, headers: list[Header], body: bytes = b"") -> None:
-        self.headers = headers
+        self._headers: list[Header] | None = headers
+        # Set by the parser: ((name, key), value, raw) per line, the values of each key in
+        # order, and the received start line plus header lines. Never changed in place, so a
+        # copy may share them.
+        self._rows: list[tuple[tuple[str, str], str, str]] | None = None
+        self._vindex: dict[str, list[str]] | None = None
+        self._head: bytes | None = None
         self.body = body
         self._cache: dict[str, Any] = {}
         self._index: dict[str, list[Header]] | None = None
 
+    @property
+    def headers(self) -> list[Header]:
+        """The header lines in order. Handing the list out means it may be changed in place,
+        so from here on serialising walks the list instead of reusing the received bytes."""
+        hdrs = self._headers
+        if hdrs is None:
+            hdrs = [Header(hit[0], hit[1], value, raw) for hit, value, raw in self._rows or ()]
+            self._headers = hdrs
+            self._rows = None
+        self._head = None
+        return hdrs
+
+    @headers.setter
+    def headers(self, value: list[Header]) -> None:
+        self._headers = value
+        self._rows = None
+        self._changed()
+
     # ------------------------------------------------------------------ raw access
+    def _vidx(self) -> dict[str, list[str]]:
+        """Header key -> the values of its lines, in order."""
+        vindex = self._vindex
+        if vindex is None:
+            vindex = {}
+            for h in self.headers:
+                lst = vindex.get(h.key)
+                if lst is None:
+                    vindex[h.key] = [h.value]
+                else:
+                    lst.append(h.value)
+            self._vindex = vindex
+        return vindex
+
     def _idx(self) -> dict[str, list[Header]]:
+        """Header key -> its ``Header`` lines (makes the ``Header`` objects)."""
         index = self._index
         if index is None:
             index = {}
@@ -77,25 +125,27 @@ class Message:
 
     def header(self, name: str) -> str | None:
         """Value of the first line of header ``name`` (compact forms and case ignored)."""
-        lst = self._idx().get(header_key(name))
-        return lst[0].value if lst else None
+        lst = self._vidx().get(header_key(name))
+        return lst[0] if lst else None
 
     def header_lines(self, name: str) -> list[str]:
         """Values of every line of header ``name``, in order."""
-        return [h.value for h in self._idx().get(header_key(name), ())]
+        return list(self._vidx().get(header_key(name), ()))
 
     def header_values(self, name: str) -> list[str]:
         """Every comma-separated value of header ``name`` over all its lines."""
         out: list[str] = []
-        for h in self._idx().get(header_key(name), ()):
-            out.extend(split_commas(h.value))
+        for value in self._vidx().get(header_key(name), ()):
+            out.extend(split_commas(value))
         return out
 
     def has_header(self, name: str) -> bool:
-        return header_key(name) in self._idx()
+        return header_key(name) in self._vidx()
 
     def _changed(self) -> None:
         self._index = None
+        self._vindex = None
+        self._head = None
         self._cache.clear()
 
     def add_header(self, name: str, value: str, *, top: bool = False) -> None:
@@ -129,22 +179,28 @@ class Message:
         self._changed()
 
     def pop_first_value(self, name: str) -> str | None:
-        """Remove the first comma-separated value of header ``name`` (Route pop, Via pop)."""
+        """Remove the first comma-separated value of header ``name`` (Route pop, Via pop).
+        Lines of that header holding no value at all are removed on the way."""
         key = header_key(name)
-        for i, h in enumerate(self.headers):
-            if h.key == key:
-                values = split_commas(h.value)
-                if not values:
-                    del self.headers[i]
-                    self._changed()
-                    continue
-                first = values[0]
-                if len(values) == 1:
-                    del self.headers[i]
-                else:
-                    self.headers[i] = Header(h.name, key, ", ".join(values[1:]))
+        headers = self.headers
+        i = 0
+        while i < len(headers):
+            h = headers[i]
+            if h.key != key:
+                i += 1
+                continue
+            values = split_commas(h.value)
+            if not values:
+                del headers[i]
                 self._changed()
-                return first
+                continue
+            first = values[0]
+            if len(values) == 1:
+                del headers[i]
+            else:
+                headers[i] = Header(h.name, key, ", ".join(values[1:]))
+            self._changed()
+            return first
         return None
 
     def replace_first_value(self, name: str, value: str) -> None:
@@ -163,16 +219,33 @@ class Message:
 
     # ------------------------------------------------------------------ typed views
     def _single(self, key: str) -> str:
-        lst = self._idx().get(key)
+        vindex = self._vindex
+        lst = (vindex if vindex is not None else self._vidx()).get(key)
         if not lst:
             raise ParseError(f"missing {canonical_name(key)} header")
-        return lst[0].value
+        return lst[0]
+
+    def _values(self, key: str) -> list[str]:
+        """``header_values`` for a key that is already lower-case and expanded."""
+        vindex = self._vindex
+        lst = (vindex if vindex is not None else self._vidx()).get(key)
+        if not lst:
+            return []
+        out: list[str] = []
+        for value in lst:
+            value = value.strip()
+            if "," in value:
+                out.extend(split_commas(value))
+            elif value:
+                out.append(value)
+        return out
 
     @property
     def vias(self) -> list[Via]:
         vias: list[Via] | None = self._cache.get("via")
         if vias is None:
-            vias = [Via.parse(v) for v in self.header_values("via")]
+            parse = Via.parse
+            vias = [parse(v) for v in self._values("via")]
             self._cache["via"] = vias
         return vias
 
@@ -222,7 +295,8 @@ class Message:
     def contacts(self) -> list[Contact]:
         contacts: list[Contact] | None = self._cache.get("contact")
         if contacts is None:
-            contacts = [Contact.parse(v) for v in self.header_values("contact")]
+            parse = Contact.parse
+            contacts = [parse(v) for v in self._values("contact")]
             self._cache["contact"] = contacts
         return contacts
 
@@ -230,7 +304,7 @@ class Message:
         lst: list[NameAddr] | None = self._cache.get(key)
         if lst is None:
             where = canonical_name(key)
-            lst = [NameAddr.parse(v, where) for v in self.header_values(key)]
+            lst = [NameAddr.parse(v, where) for v in self._values(key)]
             self._cache[key] = lst
         return lst
 
@@ -251,12 +325,14 @@ class Message:
         if value is None:
             return None
         value = value.strip()
-        if not value.isdigit():
+        n = clamped_int(value, limit)
+        if n is None:
             raise ParseError(f"{canonical_name(key)} is not a number: {value[:20]!r}")
-        return min(int(value), limit)
+        return n
 
     @property
     def max_forwards(self) -> int | None:
+        """Max-Forwards, leading zeros allowed (RFC 4475 wsinv), clamped to 2^32-1."""
         return self._int("max-forwards", 2**32 - 1)
 
     @property
@@ -294,9 +370,20 @@ class Message:
     def to_bytes(self) -> bytes:
         """Serialise. Untouched header lines are written as received; Content-Length is
         added when missing (a UDP message without one may leave over a stream)."""
+        head = self._head
+        if head is not None:
+            # Nothing was edited: the received bytes are the serialisation.
+            if "content-length" in self._vidx():
+                return b"".join((head, b"\r\n\r\n", self.body))
+            return b"".join(
+                (head, b"\r\nContent-Length: ", str(len(self.body)).encode(), b"\r\n\r\n", self.body)
+            )
         lines = [self.start_line()]
-        lines.extend([h.raw if h.raw is not None else f"{h.name}: {h.value}" for h in self.headers])
-        if "content-length" not in self._idx():
+        append = lines.append
+        for h in self.headers:
+            raw = h.raw
+            append(raw if raw is not None else f"{h.name}: {h.value}")
+        if "content-length" not in self._vidx():
             lines.append(f"Content-Length: {len(self.body)}")
         lines.append("")
         lines.append("")
@@ -305,6 +392,16 @@ class Message:
 
     def copy(self) -> Message:
         raise NotImplementedError
+
+    def _copy_headers_to(self, other: Message) -> None:
+        if self._headers is None:
+            # Rows, index and received bytes are never changed in place: share them.
+            other._headers = None
+            other._rows = self._rows
+            other._vindex = self._vindex
+            other._head = self._head
+        else:
+            other._headers = [Header(h.name, h.key, h.value, h.raw) for h in self._headers]
 
 
 class Request(Message):
@@ -343,6 +440,7 @@ class Request(Message):
         self._uri = value
         self.uri_text = str(value)
         self._start = None
+        self._head = None
 
     def start_line(self) -> str:
         if self._start is not None:
@@ -351,8 +449,8 @@ class Request(Message):
 
     def copy(self) -> Request:
         """A copy whose header list can be edited without touching this one."""
-        headers = [Header(h.name, h.key, h.value, h.raw) for h in self.headers]
-        req = Request(self.method, self.uri_text, headers, self.body, version=self.version, start=self._start)
+        req = Request(self.method, self.uri_text, None, self.body, version=self.version, start=self._start)
+        self._copy_headers_to(req)
         req._uri = self._uri
         return req
 
@@ -385,8 +483,10 @@ class Response(Message):
         return f"{self.version} {self.status} {self.reason}"
 
     def copy(self) -> Response:
-        headers = [Header(h.name, h.key, h.value, h.raw) for h in self.headers]
-        return Response(self.status, self.reason, headers, self.body, version=self.version, start=self._start)
+        """A copy whose header list can be edited without touching this one."""
+        resp = Response(self.status, self.reason, None, self.body, version=self.version, start=self._start)
+        self._copy_headers_to(resp)
+        return resp
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
