@@ -613,8 +613,10 @@ class Server:
         if self._is_loop(req):
             await self._txn_respond(txn, self._response(req, 482, "Loop Detected"))
             return
-        restore_strict_route(req, self.identity)
+        strict = restore_strict_route(req, self.identity, self.codec)
         rr = preprocess_routes(req, flow, self.identity, self.codec)
+        if strict:
+            rr = attrs.evolve(rr, verified_token=True)
         if rr.reject is not None:
             await self._txn_respond(txn, self._response(req, *rr.reject))
             return
@@ -716,7 +718,7 @@ class Server:
                         return [], (404, "Not Found")
                     return [], (480, "Temporarily Unavailable")
             return [self._binding_dest(b) for b in bindings], None
-        if rr.token_flow is not None:
+        if rr.verified_token:
             # In a dialog we record-routed: the remote target may be anywhere (a NATed address).
             return [Dest(req.uri_text, [], uri=uri)], None
         if uri.host.lower() in self.cfg.proxy.relay_domains:
@@ -1048,10 +1050,11 @@ def _stable_tag(req: Request) -> str:
 
 
 def _loop_hash(req: Request) -> str:
-    """RFC 3261 §16.6 step 8: hash of what makes a request distinct, for loop detection."""
+    """RFC 3261 §16.6 step 8: hash of what makes a request distinct, for loop detection.
+    The top Via is left out: a request bounced back by a downstream element carries that
+    element's Via on top, and must still be recognised; a spiral changes the Request-URI."""
     try:
-        top = req.top_via
-        seed = f"{req.uri_text}|{req.from_tag}|{req.to_tag}|{req.call_id}|{req.cseq.seq}|{top.sent_by}|{top.branch}"
+        seed = f"{req.uri_text}|{req.from_tag}|{req.to_tag}|{req.call_id}|{req.cseq.seq}"
     except ParseError:
         seed = req.start_line()
     return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()

@@ -75,6 +75,10 @@ class RouteResult:
     # a status to answer with at once (403 forged token), with a reason
     reject: tuple[int, str] | None = None
     popped: int = 0
+    # a Route of ours with a verified flow token was consumed: the request belongs to a dialog
+    # this server record-routed, so its remote target may be any address (no open relay: a
+    # token cannot be forged)
+    verified_token: bool = False
 
 
 def preprocess_routes(
@@ -89,6 +93,7 @@ def preprocess_routes(
     token_flow: Flow | None = None
     token_ob = False
     popped = 0
+    verified = False
     while True:
         routes = req.routes
         if not routes:
@@ -102,29 +107,30 @@ def preprocess_routes(
                 flow = codec.decode(uri.user)
             except InvalidToken:
                 return RouteResult(reject=(403, "Forbidden (invalid flow token in Route)"))
+            verified = True
             if flow != arrival:
                 token_flow = flow
                 token_ob = uri.has_param("ob") or flow.transport.reliable
         req.pop_first_value("route")
         popped += 1
-    return RouteResult(token_flow=token_flow, token_ob=token_ob, popped=popped)
+    return RouteResult(token_flow=token_flow, token_ob=token_ob, popped=popped, verified_token=verified)
 
 
-def restore_strict_route(req: Request, identity: LocalIdentity) -> bool:
-    """RFC 3261 §16.4: a Request-URI that is ours and a Route set present means the previous hop
-    was a strict router: the real Request-URI is the last Route value."""
+def restore_strict_route(req: Request, identity: LocalIdentity, codec: FlowTokenCodec) -> bool:
+    """RFC 3261 §16.4: a Request-URI that is ours (one of our Record-Route URIs, recognised by
+    its verified flow token) with a Route set present means the previous hop was a strict router:
+    the real Request-URI is the last Route value. Returns True when it restored one."""
     uri = req.uri
-    if not isinstance(uri, SipURI) or not identity.is_ours(uri) or uri.user is None:
+    if not isinstance(uri, SipURI) or not uri.user or not identity.is_ours(uri):
         return False
-    routes = req.routes
-    if not routes or not uri.has_param("lr") and not routes:
-        return False
-    # Our Record-Route URIs carry a flow token user part and lr; a strict router puts exactly
-    # such a URI in the Request-URI.
-    if not uri.has_param("lr"):
-        return False
-    last = routes[-1]
     values = req.header_values("route")
+    if not values:
+        return False
+    try:
+        codec.decode(uri.user)
+    except InvalidToken:
+        return False
+    last = NameAddr.parse(values[-1], "Route")
     req.remove_header("route")
     for value in values[:-1]:
         req.add_header("Route", value)
