@@ -258,6 +258,20 @@ class Server:
         except Exception:  # pragma: no cover - closing must not hide the shutdown
             log.exception("closing the location store failed")
 
+    def reload_credentials(self) -> bool:
+        """Re-read the credentials file (SIGHUP, management API). Keeps the old set on error."""
+        path = self.cfg.auth.credentials_file
+        if not self.auth_enabled or not path:
+            log.info("credentials reload requested, but no auth.credentials_file is configured")
+            return False
+        try:
+            self.credentials = CredentialStore.load_file(path, self.realm)
+        except Exception as exc:
+            log.error("credentials reload failed, keeping the previous users: %s", exc)
+            return False
+        log.info("credentials reloaded from %s: %d users", path, len(self.credentials.users()))
+        return True
+
     def _learn_identity(self) -> None:
         ident = self.identity
         advertise = self.cfg.server.advertise
@@ -376,6 +390,12 @@ class Server:
             )
         except ParseError as err:
             await self._parse_error(flow, err)
+            return
+        lim = self.cfg.limits
+        if len(msg.headers) > lim.max_headers or len(msg.header_values("via")) > lim.max_vias:
+            what = "headers" if len(msg.headers) > lim.max_headers else "Via values"
+            limit = lim.max_headers if what == "headers" else lim.max_vias
+            await self._parse_error(flow, ParseError(f"too many {what} (limit {limit})", 400, msg))
             return
         try:
             if isinstance(msg, Request):
@@ -1140,13 +1160,18 @@ async def serve_config(cfg: Config, *, task_status: Any = trio.TASK_STATUS_IGNOR
 
 
 def run(cfg: Config) -> int:
-    """`sipserver run`: serve until SIGINT/SIGTERM, then shut down cleanly and return 0."""
+    """`sipserver run`: serve until SIGINT/SIGTERM, then shut down cleanly and return 0.
+    SIGHUP re-reads the credentials without a restart."""
 
     async def main() -> None:
+        server = Server(cfg)
         async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                nursery.start_soon(serve_config, cfg)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                nursery.start_soon(_serve, server)
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        server.reload_credentials()
+                        continue
                     log.info("received %s, shutting down", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break
@@ -1158,6 +1183,14 @@ def run(cfg: Config) -> int:
         return 1
     log.info("stopped")
     return 0
+
+
+async def _serve(server: Server) -> None:
+    try:
+        await server.run()
+    finally:
+        with trio.CancelScope(shield=True):
+            await server.shutdown()
 
 
 __all__ = ["Server", "run", "serve_config", "ListenSpec", "math"]

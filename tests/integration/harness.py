@@ -125,10 +125,10 @@ class UdpUA(UA):
         self.server = server
 
     @classmethod
-    async def open(cls, server: tuple[str, int]) -> UdpUA:
+    async def open(cls, server: tuple[str, int], local_host: str | None = None) -> UdpUA:
         fam = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         sock = trio.socket.socket(fam, socket.SOCK_DGRAM)
-        await sock.bind(("::1" if fam == socket.AF_INET6 else "127.0.0.1", 0))
+        await sock.bind((local_host or ("::1" if fam == socket.AF_INET6 else "127.0.0.1"), 0))
         return cls(sock, server)
 
     async def send(self, data: bytes | str) -> None:
