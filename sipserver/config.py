@@ -438,6 +438,15 @@ class _List(_Check):
 
 
 @attrs.frozen
+class _NonEmptyList(_List):
+    def __call__(self, key: str, value: object) -> tuple[Any, ...]:
+        items = super().__call__(key, value)
+        if not items:
+            raise _err(key, f"must be a non-empty {self.kind}", value)
+        return items
+
+
+@attrs.frozen
 class _Listen(_Check):
     @property
     def kind(self) -> str:
@@ -828,10 +837,18 @@ class AuthConfig:
         60.0, _Float(0.0, exclusive=True), "Seconds over which failures are counted."
     )
     ban_time: float = _opt(600.0, _Float(0.0), "Seconds a banned address is ignored.")
+    algorithms: tuple[str, ...] = _opt(
+        ("SHA-256", "MD5"),
+        _NonEmptyList(_Choice(("SHA-256", "MD5"))),
+        "Digest algorithms offered, one challenge each, in this order (RFC 8760: SHA-256 "
+        "first). Some old clients (baresip 1.0) give up on a first challenge they cannot "
+        'answer; list "MD5" first for them.',
+    )
     secret: str = _opt(
         "",
         _Str("string", _secret, hidden=True),
-        'Key that signs nonces, at least 16 bytes. "" generates a random one at start-up.',
+        'Key that signs nonces, at least 16 bytes. "" derives one from the flow-token key, '
+        "so nonces stay valid across restarts.",
     )
 
 

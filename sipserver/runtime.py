@@ -35,6 +35,8 @@ from .auth.credentials import CredentialStore
 from .auth.digest import DigestAuthenticator, parse_credentials
 from .auth.limits import FailureBan, TokenBucketLimiter
 from .config import Config, ListenSpec
+from .mgmt.metrics import Metrics
+from .mgmt.trace import Tracer
 from .outbound.flow import Flow, Transport
 from .outbound.flowtoken import FlowTokenCodec, InvalidToken
 from .outbound.keyfile import load_or_create_key, parse_secret
@@ -205,7 +207,9 @@ class Server:
                 }
                 self.credentials = CredentialStore.from_users(realm, users)
         auth_secret = parse_secret(cfg.auth.secret) if cfg.auth.secret else hashlib.sha256(b"digest-nonce:" + key).digest()
-        self.authenticator = DigestAuthenticator(realm, auth_secret, nonce_lifetime=cfg.auth.nonce_lifetime)
+        self.authenticator = DigestAuthenticator(
+            realm, auth_secret, nonce_lifetime=cfg.auth.nonce_lifetime, algorithms=tuple(cfg.auth.algorithms)
+        )
         self.ban = FailureBan(cfg.auth.max_failures, cfg.auth.failure_window, cfg.auth.ban_time)
         self.authenticated_flows: dict[Flow, str] = {}
         rl = cfg.rate_limit
@@ -222,6 +226,9 @@ class Server:
         self._write_event = trio.Event()
         self._batch_done: trio.Event = trio.Event()
         self.stats: dict[str, int] = {}
+        self.metrics = Metrics()  # mgmt: responses, flow failures, latency (see mgmt/metrics.py)
+        self.tracer = Tracer()  # mgmt: POST /trace filters
+        self.mgmt_address: tuple[str, int] | None = None  # bound mgmt listener (port 0 resolved)
         self.udp_local: dict[int, tuple[str, int]] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -241,6 +248,10 @@ class Server:
             self._learn_identity()
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._writer_loop)
+            if cfg.mgmt.listen:
+                from .mgmt.api import serve_management
+
+                self.mgmt_address = await nursery.start(serve_management, self)
             for bl in self.listeners:
                 log.info("listening on %s", bl)
             if not self.auth_enabled:
@@ -306,12 +317,17 @@ class Server:
 
     # ------------------------------------------------------------------ sending
     async def send(self, flow: Flow, message: Request | Response) -> bool:
+        data = message.to_bytes()
+        if self.tracer.active:
+            self.tracer.outgoing(flow, message, data)
         try:
-            await self.flows.send(flow, message.to_bytes())
-            return True
+            await self.flows.send(flow, data)
         except FlowGone as err:
             flow_log.info("send failed on %s: %s", flow.id, err.cause)
             return False
+        if isinstance(message, Response):
+            self.metrics.response_sent(message.status)
+        return True
 
     def response_flow(self, req: Request, arrival: Flow) -> Flow:
         """RFC 3261 §18.2.2 / RFC 3581: on streams the arrival connection; on UDP the source
@@ -349,11 +365,12 @@ class Server:
         flow_log.debug("flow opened %s", flow.id)
 
     def on_keepalive(self, flow: Flow) -> None:
-        pass
+        self.metrics.keepalive(flow, trio.current_time())
 
     def on_flow_closed(self, flow: Flow, cause: str) -> None:
         """RFC 5626 §5.3.1 / §6: a dead flow removes its bindings and fails over pending branches."""
         flow_log.info("flow closed %s (%s)", flow.id, cause)
+        self.metrics.flow_closed(flow, cause)
         self.authenticated_flows.pop(flow, None)
         try:
             token = self.codec.encode(flow)
@@ -365,6 +382,7 @@ class Server:
                 for ch in changes:
                     reg_log.info("binding removed: %s (flow %s %s)", getattr(ch, "key", ch), flow.id, cause)
                 self._queue_writes(changes)
+                self.metrics.flow_failed(cause)
         pending = self.branches_by_flow.pop(flow, None)
         if pending and self.nursery is not None:
             for job, branch_id in list(pending):
@@ -382,6 +400,16 @@ class Server:
         log.info("unframeable data on %s: %s", flow.id, error.reason)
 
     async def on_message(self, flow: Flow, data: bytes) -> None:
+        """Traces the message when asked (mgmt), times its handling for the latency histogram."""
+        if self.tracer.active:
+            self.tracer.incoming(flow, data)
+        start = time.perf_counter()
+        try:
+            await self._on_message(flow, data)
+        finally:
+            self.metrics.processing.observe(time.perf_counter() - start)
+
+    async def _on_message(self, flow: Flow, data: bytes) -> None:
         try:
             msg = parse_message(
                 data,
@@ -779,6 +807,7 @@ class Server:
             elif isinstance(action, AbandonBranch):
                 self._drop_branch(job, action.branch_id)
             elif isinstance(action, RemoveBinding):
+                self.metrics.failover(action.cause.value)
                 changes = self._remove_binding(action.binding_key)
                 if changes:
                     proxy_log.info("binding %s removed (%s)", action.binding_key, action.cause)
