@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import math
 import os
@@ -380,7 +381,7 @@ class Server:
             changes = self.store.remove_flow(token, StoreRemoval.FLOW_FAILED)
             if changes:
                 for ch in changes:
-                    reg_log.info("binding removed: %s (flow %s %s)", getattr(ch, "key", ch), flow.id, cause)
+                    reg_log.info("binding removed: %s (flow %s %s)", _key_text(ch), flow.id, cause)
                 self._queue_writes(changes)
                 self.metrics.flow_failed(cause)
         pending = self.branches_by_flow.pop(flow, None)
@@ -605,9 +606,7 @@ class Server:
             self.authenticated_flows[flow] = user
         result = self.registrar.handle(req, flow, now=time.time(), local_uri=self.local_uri(flow))
         for ev in result.events:
-            reg_log.info("%s", ev)
-        if result.changes:
-            await self._persist(result.changes)
+            _log_binding_event(ev, flow)
         if result.outbound_flow:
             # RFC 5626 §5.4: the flow is dead after Flow-Timer plus a grace period of silence.
             self.flows.set_idle_limit(flow, self.cfg.registrar.flow_timer + self.cfg.proxy.keepalive_grace)
@@ -616,6 +615,17 @@ class Server:
         resp = result.response
         if self.cfg.server.server_header:
             resp.add_header("Server", self.cfg.server.server_header)
+        if result.changes and not isinstance(self.persistence, MemoryPersistence):
+            # Group commit: the 200 leaves after the batch holding these changes is on disk.
+            # Waiting happens in its own task so the connection (or the whole UDP socket) keeps
+            # reading and further REGISTERs join the same batch.
+            assert self.nursery is not None
+            self.nursery.start_soon(self._commit_then_respond, txn, result.changes, resp)
+            return
+        await self._txn_respond(txn, resp)
+
+    async def _commit_then_respond(self, txn: Any, changes: Sequence[Any], resp: Response) -> None:
+        await self._persist(changes)
         await self._txn_respond(txn, resp)
 
     def _queue_writes(self, changes: Sequence[Any]) -> None:
@@ -793,7 +803,13 @@ class Server:
     async def _run_context(self, job: ProxyJob, actions: Sequence[Any]) -> None:
         for action in actions:
             if isinstance(action, StartBranch):
-                await self._start_branch(job, action.branch_id, action.candidate.ref)
+                dest = action.candidate.ref
+                if dest.flow is None and self.nursery is not None and _must_wait(dest):
+                    # opening a connection or resolving a name waits: its own task, so the
+                    # connection that carried the request keeps reading meanwhile
+                    self.nursery.start_soon(self._start_branch, job, action.branch_id, dest)
+                else:
+                    await self._start_branch(job, action.branch_id, dest)
             elif isinstance(action, ForwardResponse):
                 await self._forward_response(job, action.response)
             elif isinstance(action, FinalResponse):
@@ -810,7 +826,7 @@ class Server:
                 self.metrics.failover(action.cause.value)
                 changes = self._remove_binding(action.binding_key)
                 if changes:
-                    proxy_log.info("binding %s removed (%s)", action.binding_key, action.cause)
+                    proxy_log.info("binding removed: %s (failover: %s)", _key_text(changes[0]), action.cause.name.lower())
                     self._queue_writes(changes)
             elif isinstance(action, Done):
                 self.jobs_by_server_txn.pop(id(job.server_txn), None)
@@ -1076,7 +1092,7 @@ class Server:
             expired = self.store.expire(wall)
             if expired:
                 for ch in expired:
-                    reg_log.info("binding expired: %s", getattr(ch, "key", ch))
+                    reg_log.info("binding expired: %s", _key_text(ch))
                 self._queue_writes(expired)
 
     def _count(self, name: str) -> None:
@@ -1084,6 +1100,38 @@ class Server:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+def _log_binding_event(ev: Any, flow: Flow) -> None:
+    """One line per significant binding event (added, replaced, removed); refreshes at debug."""
+    kind = type(ev).__name__.removeprefix("Binding").lower()
+    key = getattr(ev, "key", None)
+    text = key.text if hasattr(key, "text") else str(key)
+    level = logging.DEBUG if kind == "refreshed" else logging.INFO
+    if reg_log.isEnabledFor(level):
+        cause = getattr(ev, "cause", None)
+        extra = f" ({cause.name.lower()})" if cause is not None and hasattr(cause, "name") else ""
+        reg_log.log(level, "binding %s: %s via %s%s", kind, text, flow.id, extra)
+
+
+def _must_wait(dest: Dest) -> bool:
+    """True when reaching ``dest`` may block: a new TCP/TLS connection or a DNS name."""
+    uri = dest.uri
+    if uri is None:
+        return False
+    if transport_for_uri(uri) is not Transport.UDP:
+        return True
+    host = uri.param("maddr") or uri.host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def _key_text(change: Any) -> str:
+    key = getattr(change, "key", change)
+    return str(getattr(key, "text", key))
+
 
 def _clean(text: str) -> str:
     return "".join(ch if 32 <= ord(ch) < 127 else " " for ch in text)[:200]
