@@ -841,8 +841,8 @@ class AuthConfig:
         ("SHA-256", "MD5"),
         _NonEmptyList(_Choice(("SHA-256", "MD5"))),
         "Digest algorithms offered, one challenge each, in this order (RFC 8760: SHA-256 "
-        "first). Some old clients (baresip 1.0) give up on a first challenge they cannot "
-        'answer; list "MD5" first for them.',
+        "first). Some old clients (baresip 1.0 with libre 1.1) give up when any challenge "
+        'uses an algorithm they lack, so they need `["MD5"]` alone.',
     )
     secret: str = _opt(
         "",
