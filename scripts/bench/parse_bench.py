@@ -41,20 +41,20 @@ INVITE = (
     f"Content-Length: {len(SDP)}\r\n\r\n{SDP}"
 ).encode()
 REGISTER = (
-    "REGISTER sip:example.com SIP/2.0\r\n"
-    "Via: SIP/2.0/TCP 192.0.2.101:54321;branch=z9hG4bKnashds7;rport\r\n"
-    "Max-Forwards: 70\r\n"
-    "To: Alice <sip:alice@example.com>\r\n"
-    "From: Alice <sip:alice@example.com>;tag=a73kszlfl\r\n"
-    "Call-ID: 1j9FpLxk3uxtm8tn@192.0.2.101\r\n"
-    "CSeq: 1 REGISTER\r\n"
-    "Supported: path, outbound, gruu\r\n"
-    "Contact: <sip:alice@192.0.2.101:54321;transport=tcp;ob>"
-    ';reg-id=1;+sip.instance="<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"\r\n'
-    "Expires: 3600\r\n"
-    "User-Agent: ExamplePhone/1.2.3\r\n"
-    "Content-Length: 0\r\n\r\n"
-).encode()
+    b"REGISTER sip:example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/TCP 192.0.2.101:54321;branch=z9hG4bKnashds7;rport\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"To: Alice <sip:alice@example.com>\r\n"
+    b"From: Alice <sip:alice@example.com>;tag=a73kszlfl\r\n"
+    b"Call-ID: 1j9FpLxk3uxtm8tn@192.0.2.101\r\n"
+    b"CSeq: 1 REGISTER\r\n"
+    b"Supported: path, outbound, gruu\r\n"
+    b"Contact: <sip:alice@192.0.2.101:54321;transport=tcp;ob>"
+    b';reg-id=1;+sip.instance="<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"\r\n'
+    b"Expires: 3600\r\n"
+    b"User-Agent: ExamplePhone/1.2.3\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
 
 
 def one(data: bytes) -> bytes:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import trio
 from harness import TcpUA, UdpUA, addr, register, request, response_to, running_server
-
-from sipserver.sip import Request
 
 
 async def reg(ua, user: str, **kw) -> None:  # type: ignore[no-untyped-def]
@@ -105,7 +101,7 @@ async def test_serial_fork_by_q(tmp_path: Path) -> None:
         assert (await final_for(alice)).status == 200
 
 
-async def _fork_two(tmp_path: Path, s1: int, s2: int, extra1=None, extra2=None) -> "tuple":  # type: ignore[no-untyped-def]
+async def _fork_two(tmp_path: Path, s1: int, s2: int, extra1=None, extra2=None) -> tuple:  # type: ignore[no-untyped-def]
     async with running_server(tmp_path) as server:
         d1 = await UdpUA.open(addr(server, "udp"))
         d2 = await UdpUA.open(addr(server, "udp"))

@@ -8,8 +8,6 @@ from pathlib import Path
 import trio
 from harness import TcpUA, UdpUA, WsUA, addr, branch, register, request, response_to, running_server
 
-
-
 INST = "urn:uuid:00000000-0000-1000-8000-00000000c0de"
 INST2 = "urn:uuid:00000000-0000-1000-8000-00000000beef"
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import trio
-
-from sipserver.sip import Request, Response
-
-from harness import TcpUA, UdpUA, WsUA, addr, register, request, response_to, running_server
+from harness import TcpUA, UdpUA, addr, register, request, response_to, running_server
 
 INSTANCE = "urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF"
 
