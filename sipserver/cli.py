@@ -179,9 +179,69 @@ def _build_parser() -> argparse.ArgumentParser:
         help="read the password from one line of standard input instead of prompting",
     )
 
-    ctl = sub.add_parser("ctl", help="talk to a running server (not yet available)")
-    ctl.add_argument("args", nargs=argparse.REMAINDER)
+    _add_ctl(sub)
     return parser
+
+
+def _add_ctl(sub: Any) -> None:
+    """``sipserver ctl [options] COMMAND``; the options work before or after COMMAND."""
+    # SUPPRESS: a value given on either level survives, an absent one leaves no attribute.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--mgmt",
+        metavar="HOST:PORT",
+        default=argparse.SUPPRESS,
+        help="management API address (default: $SIPSERVER_MGMT, mgmt.listen of -c FILE, "
+        "or 127.0.0.1:9060)",
+    )
+    common.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help="bearer token (default: $SIPSERVER_MGMT_TOKEN or mgmt.token of -c FILE)",
+    )
+    common.add_argument(
+        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="read [mgmt] from here"
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the API's JSON"
+    )
+    common.add_argument(
+        "--timeout", type=float, metavar="SECONDS", default=argparse.SUPPRESS, help="default 10"
+    )
+    ctl = sub.add_parser(
+        "ctl",
+        parents=[common],
+        help="talk to a running server's management API",
+        description="Query and control a running server through its management API "
+        "([mgmt] listen or run --mgmt).",
+    )
+    cmds = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = cmds.add_parser(
+            name, parents=[common], help=text, description=text
+        )
+        return parser
+
+    add("info", "version, listeners, uptime")
+    add("stats", "counters and gauges")
+    add("registrations", "list registered contacts").add_argument(
+        "aor", metavar="AOR", nargs="?", help="only this address of record (user@host)"
+    )
+    add("flows", "list live flows (connections, UDP peers)")
+    add("transactions", "count and list transactions in flight")
+    add("unregister", "remove every binding of an address of record").add_argument(
+        "aor", metavar="AOR", help="user@host"
+    )
+    add("close-flow", "close a flow; its bindings go with it").add_argument(
+        "id", metavar="ID", help="flow id as listed by `ctl flows`"
+    )
+    add("reload", "re-read auth.credentials_file")
+    trace = add("trace", "switch full SIP message tracing on or off, or show it")
+    trace.add_argument("action", choices=["on", "off", "show"], nargs="?", default="show")
+    trace.add_argument("--source", metavar="IP", help="messages from/to this IP address")
+    trace.add_argument("--aor", metavar="AOR", help="messages whose From, To or R-URI is user@host")
+    add("metrics", "print the Prometheus metrics text")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,11 +258,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "passwd":
         return _cmd_passwd(args)
     if args.command == "ctl":
-        print(f"{PROG} ctl: management API not available in this version", file=sys.stderr)
-        return 2
+        return _cmd_ctl(args)
     parser.print_usage(sys.stderr)
     print(f"{PROG}: error: a command is required (run, check-config, passwd, ctl)", file=sys.stderr)
     return 2
+
+
+def _cmd_ctl(args: argparse.Namespace) -> int:
+    if not args.ctl_command:
+        print(
+            f"{PROG} ctl: a command is required (info, stats, registrations, flows, "
+            "transactions, unregister, close-flow, reload, trace, metrics)",
+            file=sys.stderr,
+        )
+        return 2
+    from sipserver.mgmt.ctl import run_ctl  # lazy: only ctl needs the HTTP client
+
+    return run_ctl(args)
 
 
 def _config_error(exc: ConfigError) -> int:

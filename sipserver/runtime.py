@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import math
 import os
 import signal
 import socket
@@ -31,11 +30,10 @@ from typing import Any
 import attrs
 import trio
 
-from . import __version__
 from .auth.credentials import CredentialStore
 from .auth.digest import DigestAuthenticator, parse_credentials
 from .auth.limits import FailureBan, TokenBucketLimiter
-from .config import Config, ListenSpec
+from .config import Config
 from .mgmt.metrics import Metrics
 from .mgmt.trace import Tracer
 from .outbound.flow import Flow, Transport
@@ -56,7 +54,6 @@ from .proxy.context import (
 )
 from .proxy.routing import (
     KNOWN_METHODS,
-    SUPPORTED_OPTIONS,
     LocalIdentity,
     check_max_forwards,
     client_wants_outbound,
@@ -69,8 +66,8 @@ from .proxy.routing import (
 )
 from .registrar import (
     Binding,
-    LocationStore,
     Delete,
+    LocationStore,
     MemoryPersistence,
     Put,
     Registrar,
@@ -1270,4 +1267,4 @@ async def _serve(server: Server) -> None:
             await server.shutdown()
 
 
-__all__ = ["Server", "run", "serve_config", "ListenSpec", "math"]
+__all__ = ["Server", "run", "serve_config"]

@@ -334,9 +334,63 @@ def test_passwd_write_failure_is_reported(
 # ctl, --version, no command
 
 
-def test_ctl_is_not_available_yet(capsys: pytest.CaptureFixture[str]) -> None:
+def test_ctl_needs_a_known_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["ctl"]) == 2
+    assert "a command is required" in capsys.readouterr().err
     assert cli.main(["ctl", "status", "--json"]) == 2
-    assert "management API not available" in capsys.readouterr().err
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("where", ["flag", "env", "flag-after-command"])
+def test_ctl_unreachable_server_is_one_clear_line(
+    where: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = _closed_port()
+    if where == "env":
+        monkeypatch.setenv("SIPSERVER_MGMT", f"127.0.0.1:{port}")
+        argv = ["ctl", "registrations"]
+    elif where == "flag":
+        argv = ["ctl", "--mgmt", f"127.0.0.1:{port}", "registrations"]
+    else:
+        argv = ["ctl", "registrations", "--mgmt", f"127.0.0.1:{port}", "--json"]
+    assert cli.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"sipserver ctl: cannot reach the management API at http://127.0.0.1:{port}")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_ctl_bad_address_and_config_without_mgmt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["ctl", "--mgmt", "nonsense", "flows"]) == 1
+    assert "--mgmt" in capsys.readouterr().err
+    assert cli.main(["ctl", "-c", write(tmp_path, GOOD), "flows"]) == 1
+    assert "no [mgmt] listen" in capsys.readouterr().err
+    assert cli.main(["ctl", "-c", write(tmp_path, BAD, "bad.toml"), "flows"]) == 1
+    assert "registrar.min_expires" in capsys.readouterr().err
+
+
+def test_ctl_table_and_duration_formatting() -> None:
+    from sipserver.mgmt.ctl import duration, format_table
+
+    table = format_table(["A", "LONG-HEADER", "C"], [["xyz", None, True], ["", 12, "end"]])
+    assert table.splitlines() == [
+        "A    LONG-HEADER  C",
+        "xyz  -            yes",
+        "-    12           end",
+    ]
+    assert [duration(s) for s in (None, -1, 5, 65, 3600 * 2 + 180, 86400 * 3 + 7200)] == [
+        "-", "0s", "5s", "1m05s", "2h03m", "3d02h"
+    ]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
