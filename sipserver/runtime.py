@@ -88,6 +88,7 @@ from .sip import (
     reason_phrase,
 )
 from .sip.build import MAGIC_COOKIE
+from .sip.randomness import random_hex
 from .sip.framer import FramingError
 from .transaction import (
     DeliverResponse,
@@ -1155,7 +1156,7 @@ def _loop_hash(req: Request) -> str:
 
 
 def _branch_for(req: Request) -> str:
-    return f"{MAGIC_COOKIE}sv{_loop_hash(req)}.{os.urandom(5).hex()}"
+    return f"{MAGIC_COOKIE}sv{_loop_hash(req)}.{random_hex(5)}"
 
 
 def _parse_ruri(text: str) -> Any:

@@ -32,7 +32,8 @@ from typing import Protocol
 import attrs
 
 from sipserver.outbound.flow import Flow
-from sipserver.sip.build import make_response, new_tag, reason_phrase
+from sipserver.sip.build import make_response, reason_phrase
+from sipserver.sip.randomness import random_hex
 from sipserver.sip.errors import ParseError
 from sipserver.sip.headers import Contact
 from sipserver.sip.message import Request, Response
@@ -207,7 +208,7 @@ class Registrar:
         self, req: Request, status: int, detail: str, headers: list[tuple[str, str]] | None = None
     ) -> Response:
         return make_response(
-            req, status, _phrase(status, detail), to_tag=new_tag(), headers=headers
+            req, status, _phrase(status, detail), to_tag=random_hex(6), headers=headers
         )
 
     def _handle(self, req: Request, flow: Flow, now: float, local_uri: SipURI) -> RegisterResult:
@@ -273,8 +274,8 @@ class Registrar:
             if echo:
                 headers.append(("Path", ", ".join(echo)))
         headers.append(("Supported", "path, outbound, gruu" if s.gruu else "path, outbound"))
-        headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
-        response = make_response(req, 200, to_tag=new_tag(), headers=headers)
+        headers.append(("Date", _http_date(now)))
+        response = make_response(req, 200, to_tag=random_hex(6), headers=headers)
         token = next((b.flow_token for b in puts if b.flow_token is not None), None)
         return RegisterResult(
             response=response,
@@ -507,3 +508,15 @@ def _own_path(local_uri: SipURI, token: str, *, ob: bool) -> str:
 def _hostport(addr: tuple[str, int]) -> str:
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _http_date(now: float) -> str:
+    """RFC 3261 §20.17 Date, formatted once per second (it is on every 200 OK)."""
+    global _date_cache
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(second, usegmt=True))
+    return _date_cache[1]
