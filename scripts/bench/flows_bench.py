@@ -68,6 +68,11 @@ async def run(args: argparse.Namespace) -> None:
         async def open_one(i: int) -> None:
             if args.transport == "tcp":
                 conn, local = await open_tcp(server.port, i)
+                if args.no_register:
+                    await conn.send(b"\r\n\r\n")  # one keepalive so the server has read from it
+                    await conn.recv_until(b"\r\n")
+                    conns.append(conn)
+                    return
                 await conn.send(register_text(f"u{i}", local, transport="TCP"))
                 resp = await conn.recv_until(b"\r\n\r\n")
                 # skip the (empty) body: Content-Length is 0 on the registrar's answers
@@ -119,11 +124,12 @@ async def run(args: argparse.Namespace) -> None:
             cpu_ka = server.cpu_seconds() - cpu0
             nursery.cancel_scope.cancel()
         p50, p99 = percentile(rtts, 50), percentile(rtts, 99)
-        print(f"{len(conns)} {args.transport} flows registered in {setup_s:.1f}s")
-        print(f"server RSS: {base / 1e6:.1f} MB idle -> {rss / 1e6:.1f} MB; {per_flow:.0f} bytes per registered flow")
+        what = "open" if args.no_register else "registered"
+        print(f"{len(conns)} {args.transport} flows {what} in {setup_s:.1f}s")
+        print(f"server RSS: {base / 1e6:.1f} MB idle -> {rss / 1e6:.1f} MB; {per_flow:.0f} bytes per {what} flow")
         print(f"keepalive: {len(rtts)} pings, p50 {p50:.2f} ms, p99 {p99:.2f} ms; server CPU {cpu_ka:.2f}s during pings")
         print(
-            f"transport={args.transport} flows={len(conns)} rss_per_flow_bytes={per_flow:.0f} "
+            f"transport={args.transport} registered={0 if args.no_register else 1} flows={len(conns)} rss_per_flow_bytes={per_flow:.0f} "
             f"keepalive_p50_ms={p50:.2f} keepalive_p99_ms={p99:.2f} pings={len(rtts)} "
             f"server_cpu_s={server.cpu_seconds():.2f} client_cpu_s={own_cpu_seconds():.2f}"
         )
@@ -137,6 +143,7 @@ def main() -> None:
     p.add_argument("--transport", choices=("tcp", "ws"), default="tcp")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between pings per flow")
     p.add_argument("--duration", type=float, default=15.0)
+    p.add_argument("--no-register", action="store_true", help="idle flows without a binding (TCP only)")
     args = p.parse_args()
     raise_nofile()
     trio.run(run, args)
