@@ -222,6 +222,8 @@ class Server:
         self.started_at = time.time()
         self._timer_scope: trio.CancelScope | None = None
         self._pending_writes: list[Any] = []
+        self._pending_replies: list[tuple[Any, Response]] = []
+        self._local_uris: dict[tuple[Transport, tuple[str, int]], SipURI] = {}
         self._write_event = trio.Event()
         self._batch_done: trio.Event = trio.Event()
         self.stats: dict[str, int] = {}
@@ -299,6 +301,13 @@ class Server:
 
     # ------------------------------------------------------------------ local URIs
     def local_uri(self, flow: Flow) -> SipURI:
+        key = (flow.transport, flow.local)
+        uri = self._local_uris.get(key)
+        if uri is None:
+            uri = self._local_uris[key] = self._make_local_uri(flow)
+        return uri
+
+    def _make_local_uri(self, flow: Flow) -> SipURI:
         """This server's URI on the listener a flow belongs to (Via, Record-Route, Path).
         Accepted connections know their real local address; a wildcard UDP socket does not,
         so the advertised (or detected) address stands in for it."""
@@ -614,20 +623,19 @@ class Server:
         if self.cfg.server.server_header:
             resp.add_header("Server", self.cfg.server.server_header)
         if result.changes and not isinstance(self.persistence, MemoryPersistence):
-            # Group commit: the 200 leaves after the batch holding these changes is on disk.
-            # Waiting happens in its own task so the connection (or the whole UDP socket) keeps
-            # reading and further REGISTERs join the same batch.
-            assert self.nursery is not None
-            self.nursery.start_soon(self._commit_then_respond, txn, result.changes, resp)
+            # Group commit: the 200 leaves after the batch holding these changes is on disk; the
+            # writer task sends it, so the connection (or the whole UDP socket) keeps reading
+            # and further REGISTERs join the same batch.
+            self._queue_writes(result.changes, (txn, resp))
             return
         await self._txn_respond(txn, resp)
 
-    async def _commit_then_respond(self, txn: Any, changes: Sequence[Any], resp: Response) -> None:
-        await self._persist(changes)
-        await self._txn_respond(txn, resp)
-
-    def _queue_writes(self, changes: Sequence[Any]) -> None:
+    def _queue_writes(self, changes: Sequence[Any], reply: tuple[Any, Response] | None = None) -> None:
+        """Hand changes to the writer; ``reply`` (server transaction, response) is sent once the
+        batch holding the changes is committed (group commit, one fsync per batch)."""
         self._pending_writes.extend(changes)
+        if reply is not None:
+            self._pending_replies.append(reply)
         self._write_event.set()
 
     async def _persist(self, changes: Sequence[Any]) -> None:
@@ -643,6 +651,7 @@ class Server:
             await self._write_event.wait()
             self._write_event = trio.Event()
             batch, self._pending_writes = self._pending_writes, []
+            replies, self._pending_replies = self._pending_replies, []
             done, self._batch_done = self._batch_done, trio.Event()
             if batch and not isinstance(self.persistence, MemoryPersistence):
                 try:
@@ -650,6 +659,8 @@ class Server:
                 except Exception:
                     log.exception("writing %d binding changes failed", len(batch))
             done.set()
+            for txn, resp in replies:
+                await self._txn_respond(txn, resp)
 
     async def _flush_writes(self) -> None:
         if self._pending_writes and not isinstance(self.persistence, MemoryPersistence):
