@@ -1120,10 +1120,10 @@ class Server:
 def _log_binding_event(ev: Any, flow: Flow) -> None:
     """One line per significant binding event (added, replaced, removed); refreshes at debug."""
     kind = type(ev).__name__.removeprefix("Binding").lower()
-    key = getattr(ev, "key", None)
-    text = key.text if hasattr(key, "text") else str(key)
     level = logging.DEBUG if kind == "refreshed" else logging.INFO
     if reg_log.isEnabledFor(level):
+        key = getattr(ev, "key", None)
+        text = key.text if hasattr(key, "text") else str(key)
         cause = getattr(ev, "cause", None)
         extra = f" ({cause.name.lower()})" if cause is not None and hasattr(cause, "name") else ""
         reg_log.log(level, "binding %s: %s via %s%s", kind, text, flow.id, extra)
