@@ -1,6 +1,14 @@
 """Sans-IO SIP: message model, parser, serializer, URIs and typed header views."""
 
-from .build import make_ack_for_non2xx, make_cancel, make_request, make_response, new_branch, new_tag, reason_phrase
+from .build import (
+    make_ack_for_non2xx,
+    make_cancel,
+    make_request,
+    make_response,
+    new_branch,
+    new_tag,
+    reason_phrase,
+)
 from .errors import ParseError
 from .headers import Contact, CSeq, NameAddr, Via
 from .message import Header, Message, Request, Response

@@ -7,10 +7,10 @@ on the request show up in the response); nothing here reads the clock or the net
 
 from __future__ import annotations
 
-import secrets
-
-from .headers import header_key
+from .errors import ParseError
+from .headers import NameAddr, header_key
 from .message import Header, Message, Request, Response
+from .randomness import random_hex
 
 MAGIC_COOKIE = "z9hG4bK"
 
@@ -77,15 +77,25 @@ def reason_phrase(status: int) -> str:
 
 def new_branch() -> str:
     """An RFC 3261 §8.1.1.7 branch: magic cookie plus a random part unique in space and time."""
-    return MAGIC_COOKIE + secrets.token_hex(8)
+    return MAGIC_COOKIE + random_hex(8)
 
 
 def new_tag() -> str:
-    return secrets.token_hex(6)
+    return random_hex(6)
 
 
 def _copy(src: Message, key: str) -> list[Header]:
     return [Header(h.name, h.key, h.value, h.raw) for h in src.headers if h.key == key]
+
+
+def _has_tag(to_value: str) -> bool:
+    """Whether a To value carries a tag header parameter (a ``;tag=`` inside ``<...>`` is a URI
+    parameter and does not count). A To value too broken to parse counts as tagged when it
+    shows ``;tag`` anywhere, so a second tag is never added."""
+    try:
+        return NameAddr.parse(to_value, "To").has_param("tag")
+    except ParseError:
+        return ";tag" in "".join(to_value.split()).lower()
 
 
 def make_response(
@@ -109,7 +119,7 @@ def make_response(
     if to_tag is not None and status > 100:
         for i, h in enumerate(hdrs):
             if h.key == "to":
-                if ";tag=" not in h.value.lower().replace(" ", ""):
+                if not _has_tag(h.value):
                     hdrs[i] = Header(h.name, h.key, f"{h.value};tag={to_tag}")
                 break
     for name, value in headers or ():

@@ -16,6 +16,7 @@ regex accepts.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TypeVar
 
 from .errors import ParseError
@@ -61,6 +62,9 @@ SINGLE_VALUED = frozenset(
 
 _key_cache: dict[str, str] = {}
 
+# Hot-path constructors make objects with this and fill their slots directly.
+_new = object.__new__
+
 
 def header_key(name: str) -> str:
     """Lower-case name with compact forms expanded: the key headers are matched by."""
@@ -71,6 +75,39 @@ def header_key(name: str) -> str:
         if len(_key_cache) < 4096:
             _key_cache[name] = key
     return key
+
+
+# Text before a header line's colon -> (name as written without trailing blanks, key), and
+# the same text -> key alone (for the parser's loop). Only names that passed ``is_token`` get
+# in, so a hit needs no further check, and no cached text contains ':' or starts with a blank.
+_name_cache: dict[str, tuple[str, str]] = {}
+raw_key_cache: dict[str, str] = {}
+
+
+def header_name_key(raw_name: str, line: str) -> tuple[str, str]:
+    """(name, key) for ``raw_name``, the text before the first colon of header ``line``
+    (RFC 3261 §7.3.1: the name is a token, blanks may precede the colon)."""
+    hit = _name_cache.get(raw_name)
+    if hit is not None:
+        return hit
+    if not raw_name or len(raw_name) == len(line):
+        if not line.strip():
+            raise ParseError("empty line inside the header section")
+        raise ParseError(f"header line without a colon: {line[:60]!r}")
+    name = raw_name.rstrip(" \t")
+    if not is_token(name):
+        raise ParseError(f"malformed header name {name[:40]!r}")
+    hit = (name, header_key(name))
+    if len(_name_cache) < 4096:
+        _name_cache[raw_name] = hit
+        raw_key_cache[raw_name] = hit[1]
+    return hit
+
+
+def unfold(raw: str) -> str:
+    """One header line with its continuation lines joined (RFC 3261 §7.3.1): each CRLF plus the
+    blanks around it becomes a single space."""
+    return " ".join(part.strip() for part in raw.split("\r\n"))
 
 
 _canonical_cache: dict[str, str] = {}
@@ -98,7 +135,7 @@ def clamped_int(text: str, cap: int) -> int | None:
     """The value of an all-digit ``text`` capped at ``cap`` (None if not all digits). Leading
     zeros are allowed (RFC 4475 wsinv); a value with more than 20 significant digits is taken as
     ``cap`` without converting it, so huge inputs cost nothing (RFC 4475 scalar02)."""
-    if not (text.isascii() and text.isdigit()):
+    if not (text.isdigit() and text.isascii()):
         return None
     if len(text) > 20:
         text = text.lstrip("0")
@@ -207,9 +244,17 @@ def _find_param(params: list[tuple[str, str | None]], name: str) -> tuple[bool, 
     """(present, value) of header parameter ``name``; names compare case-insensitively."""
     lname = name.lower()
     for key, value in params:
-        if key.lower() == lname:
+        if key == lname or key.lower() == lname:
             return True, value
     return False, None
+
+
+def _param_value(params: list[tuple[str, str | None]], lname: str) -> str | None:
+    """Value of the parameter called ``lname`` (given in lower case), None if absent."""
+    for key, value in params:
+        if key == lname or key.lower() == lname:
+            return value
+    return None
 
 
 def unquote_value(value: str) -> str:
@@ -230,6 +275,23 @@ def render_params(params: list[tuple[str, str | None]]) -> str:
 # ``split_params`` would split it, so without quotes it can be cut up with plain ``str.split``.
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]"
 _FAST_HPARAMS = rf"""((?:;{_TOKEN}++(?:=(?:[A-Za-z0-9\-.!%*_+`'~:\[\]/@]++|"[^"\\]*+"))?)*+)"""
+# One parameter of text that matched _FAST_HPARAMS (values are never empty there, so an empty
+# second group means "no value").
+_FAST_HPARAM_ITEM_RE = re.compile(r''';([^;=]+)(?:=("[^"]*"|[^;]+))?''')
+
+
+def _split_fast_params(ptext: str) -> list[tuple[str, str | None]]:
+    """Split ``;a=b;c`` text that matched ``_FAST_HPARAMS`` (so it cannot be malformed)."""
+    params: list[tuple[str, str | None]] = []
+    if '"' in ptext:
+        for name, value in _FAST_HPARAM_ITEM_RE.findall(ptext):
+            params.append((name, value or None))
+    else:
+        append = params.append
+        for item in ptext[1:].split(";"):
+            name, sep, value = item.partition("=")
+            append((name, value if sep else None))
+    return params
 
 
 # ----------------------------------------------------------------------------------- Via
@@ -274,16 +336,16 @@ class Via:
             port = int(port_text)
             if port > 65535:
                 raise ParseError(f"Via port out of range in {raw[:80]!r}")
-        params: list[tuple[str, str | None]] = []
-        if ptext:
-            if '"' in ptext:
-                params = split_params(ptext[1:], "Via")
-            else:
-                append = params.append
-                for item in ptext[1:].split(";"):
-                    name, sep, value = item.partition("=")
-                    append((name, value if sep else None))
-        return cls(raw, transport.upper(), host, port, params)
+        if cls is not Via:  # a subclass may have slots of its own to fill
+            return cls(raw, transport.upper(), host, port, _split_fast_params(ptext) if ptext else [])
+        # Filling the slots here saves the __init__ call on the hot path.
+        via = _new(Via)
+        via.raw = raw
+        via.transport = transport.upper()
+        via.host = host
+        via.port = port
+        via.params = _split_fast_params(ptext) if ptext else []
+        return via
 
     @classmethod
     def _parse_careful(cls, raw: str) -> Via:
@@ -309,7 +371,7 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        return _find_param(self.params, "branch")[1]
+        return _param_value(self.params, "branch")
 
     @property
     def received(self) -> str | None:
@@ -366,14 +428,17 @@ class Via:
 # ------------------------------------------------------------------------- name-addr
 
 _DISPLAY_TOKEN_CHARS = _TOKEN_CHARS | frozenset(" \t")
+_LWS_SEMI_RE = re.compile(r"[ \t]*;[ \t]*")
 
 # The common shapes: ``"Quoted" <uri>;p=v``, ``Token Words <uri>;p``, ``<uri>``, and the
 # addr-spec ``uri;p=v`` (whose URI cannot hold ';', '?' or '<'); no whitespace but single
-# spaces between display words and before '<'.
+# spaces between display words and before '<'. The URI classes are printable ASCII spelled
+# out (no \s: a Unicode category test per character is slow, and the careful path decides
+# about anything unusual).
 _NAME_ADDR_FAST_RE = re.compile(
-    rf"""(?:("(?:[^"\\]|\\.)*+") *+|({_TOKEN}++(?: {_TOKEN}++)*+) *+)?<([^<>\s"]++)>"""
+    rf"""(?:("[^"\\]*+(?:\\.[^"\\]*+)*+") *+|({_TOKEN}++(?: {_TOKEN}++)*+) *+)?<([!#-;=?-~]++)>"""
     + _FAST_HPARAMS
-    + r"""\Z|([^\s<>";?]++)"""
+    + r"""\Z|([!#-:=@-~]++)"""
     + _FAST_HPARAMS
     + r"\Z",
     re.S,
@@ -413,16 +478,19 @@ class NameAddr:
         bracketed = spec is None
         if not bracketed:
             uri_text, ptext = spec, spec_ptext
-        params: list[tuple[str, str | None]] = []
-        if ptext:
-            if '"' in ptext:
-                params = split_params(ptext[1:], where)
-            else:
-                append = params.append
-                for item in ptext[1:].split(";"):
-                    name, sep, value = item.partition("=")
-                    append((name, value if sep else None))
-        return cls(raw, quoted or token, uri_text, params, bracketed)
+        params = _split_fast_params(ptext) if ptext else []
+        if cls is not NameAddr and cls is not Contact:  # may have slots of its own to fill
+            return cls(raw, quoted or token, uri_text, params, bracketed)
+        # Filling the slots here saves the __init__ call on the hot path (Contact.parse sets
+        # its own ``star``).
+        na = _new(cls)
+        na.raw = raw
+        na.display = quoted or token
+        na.uri_text = uri_text
+        na.params = params
+        na.bracketed = bracketed
+        na._uri = None
+        return na
 
     @property
     def uri(self) -> URI:
@@ -445,7 +513,7 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        return _find_param(self.params, "tag")[1]
+        return _param_value(self.params, "tag")
 
     def render(self, params: list[tuple[str, str | None]] | None = None) -> str:
         """Text of this value with ``params`` (default: its own), URI always in <>."""
@@ -490,6 +558,10 @@ def _parse_name_addr(
         if not text.startswith("<"):
             raise ParseError(f"display name not followed by <URI> in {where}")
     lt = text.find("<")
+    if lt >= 0 and display is None and '"' in text[:lt]:
+        # A '<' after a quote is inside a quoted parameter value of an addr-spec (a quoted
+        # display name was handled above): ``sip:a@b;p="<"``.
+        lt = -1
     if lt >= 0:
         if display is None:
             dn = text[:lt].strip()
@@ -503,6 +575,11 @@ def _parse_name_addr(
         uri_text = text[lt + 1 : gt]
         if uri_text != uri_text.strip() or not uri_text:
             raise ParseError(f"whitespace or nothing inside <> in {where}")
+        if " " in uri_text or "\t" in uri_text:
+            # Tolerance: blanks next to a ';' between URI parameters are dropped, so a URI
+            # folded before a parameter (as printed in RFC 7118 §8) still parses. Any other
+            # blank stays and makes ``uri`` fail (RFC 4475 §3.1.2.14 badaspec).
+            uri_text = _LWS_SEMI_RE.sub(";", uri_text)
         rest = text[gt + 1 :].strip()
         bracketed = True
     else:
@@ -515,7 +592,7 @@ def _parse_name_addr(
             uri_text, rest = text, ""
         if "?" in uri_text:
             raise ParseError(f"URI with headers must be enclosed in <> in {where}")
-        if not uri_text or any(c in uri_text for c in " \t"):
+        if not uri_text or any(c in uri_text for c in ' \t"<>'):
             raise ParseError(f"malformed address in {where}")
         bracketed = False
     if rest:
@@ -526,6 +603,10 @@ def _parse_name_addr(
         params = []
     return display, uri_text, params, bracketed
 
+
+# NameAddr.parse without the classmethod binding, so Contact.parse can build a Contact with it
+# directly (no super() lookup per value).
+_parse_contact: Callable[[type[Contact], str, str], Contact] = NameAddr.parse.__func__  # type: ignore[attr-defined]
 
 _Q_RE = re.compile(r"[0-9]{1,5}(?:\.[0-9]{0,5})?\Z")
 
@@ -556,7 +637,9 @@ class Contact(NameAddr):
     def parse(cls, raw: str, where: str = "Contact") -> Contact:
         if "*" in raw and raw.strip() == "*":
             return cls(raw, None, "*", [], False, star=True)
-        return super().parse(raw, where)
+        contact = _parse_contact(cls, raw, where)
+        contact.star = False
+        return contact
 
     @property
     def expires(self) -> int | None:
@@ -632,9 +715,12 @@ class CSeq:
     @classmethod
     def parse(cls, raw: str) -> CSeq:
         m = _CSEQ_FAST_RE.match(raw)
-        if m is not None:
+        if m is not None and cls is CSeq:
             seq, method = m.groups()
-            return cls(int(seq), method)
+            cseq = _new(CSeq)
+            cseq.seq = int(seq)
+            cseq.method = method
+            return cseq
         parts = raw.split()
         if len(parts) != 2:
             raise ParseError(f"malformed CSeq {raw[:60]!r}")

@@ -5,6 +5,10 @@ Invariants:
   text of its line (``raw``, folding included) until it is edited. Serialising writes the untouched
   lines byte for byte, so a proxy that adds a Via, pops a Route and decrements Max-Forwards leaves
   every other byte of the message as it was.
+- A parsed message makes its ``Header`` objects only when ``headers`` is first read; until then
+  it answers from an index built by the parser, and while nothing is edited (and ``headers``
+  was never handed out) ``to_bytes`` returns the received bytes (plus a Content-Length when
+  there was none).
 - Typed views (``vias``, ``cseq``, ``contacts``...) are built from header values on first use and
   cached; any edit drops the cache. A malformed header seen through a view raises ``ParseError``
   (the runtime answers 400), so headers a request never needs are never parsed. The same holds
@@ -17,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import ParseError
@@ -28,8 +33,10 @@ from .headers import (
     canonical_name,
     clamped_int,
     header_key,
+    header_name_key,
     parse_option_tags,
     split_commas,
+    unfold,
 )
 from .uri import URI, parse_uri
 
@@ -58,23 +65,39 @@ class Header:
 class Message:
     """Common part of requests and responses.
 
-    A parsed message holds its header lines as compact rows and a name -> values index; the
-    ``Header`` objects of ``headers`` are made on first use, and until then (and until any
-    edit) ``to_bytes`` returns the received header bytes as they were."""
+    A parsed message holds its raw header lines and a name -> values index; the ``Header``
+    objects of ``headers`` are made on first use, and until then (and until any edit)
+    ``to_bytes`` returns the received header bytes as they were. The views every message
+    needs (Via, CSeq, From, To, Contact) are cached in slots of their own, the rest in
+    ``_cache``."""
 
-    __slots__ = ("_headers", "_rows", "_vindex", "_head", "body", "_cache", "_index")
+    __slots__ = (
+        "_headers", "_lines", "_first", "_more", "_head", "body", "_cache",
+        "_vias", "_cseq", "_from", "_to", "_contacts",
+    )
 
     def __init__(self, headers: list[Header], body: bytes = b"") -> None:
-        self._headers: list[Header] | None = headers
-        # Set by the parser: ((name, key), value, raw) per line, the values of each key in
-        # order, and the received start line plus header lines. Never changed in place, so a
-        # copy may share them.
-        self._rows: list[tuple[tuple[str, str], str, str]] | None = None
-        self._vindex: dict[str, list[str]] | None = None
+        self._init_state(headers, body)
+
+    def _init_state(self, headers: list[Header] | None, body: bytes) -> None:
+        """Every slot of ``Message`` in one place (the parser makes messages without
+        ``__init__``, through ``Request._parsed`` / ``Response._parsed``)."""
+        self._headers = headers
+        # Set by the parser: the raw header lines (continuations joined); the index (key ->
+        # value of its first line, and key -> values of all its lines for the keys that have
+        # several lines, None when none has); the received start line plus header lines.
+        # Never changed in place, so a copy may share them. ``_first`` None: not built yet.
+        self._lines: list[str] | None = None
+        self._first: dict[str, str] | None = None
+        self._more: dict[str, list[str]] | None = None
         self._head: bytes | None = None
         self.body = body
         self._cache: dict[str, Any] = {}
-        self._index: dict[str, list[Header]] | None = None
+        self._vias: list[Via] | None = None
+        self._cseq: CSeq | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
+        self._contacts: list[Contact] | None = None
 
     @property
     def headers(self) -> list[Header]:
@@ -82,71 +105,90 @@ class Message:
         so from here on serialising walks the list instead of reusing the received bytes."""
         hdrs = self._headers
         if hdrs is None:
-            hdrs = [Header(hit[0], hit[1], value, raw) for hit, value, raw in self._rows or ()]
+            hdrs = []
+            for raw in self._lines or ():
+                # The parser accepted these lines, so the name lookups cannot fail.
+                line = unfold(raw) if "\r\n" in raw else raw
+                name, _, value = line.partition(":")
+                name, key = header_name_key(name, line)
+                hdrs.append(Header(name, key, value.strip(), raw))
             self._headers = hdrs
-            self._rows = None
+            self._lines = None
         self._head = None
         return hdrs
 
     @headers.setter
     def headers(self, value: list[Header]) -> None:
         self._headers = value
-        self._rows = None
+        self._lines = None
         self._changed()
 
     # ------------------------------------------------------------------ raw access
-    def _vidx(self) -> dict[str, list[str]]:
-        """Header key -> the values of its lines, in order."""
-        vindex = self._vindex
-        if vindex is None:
-            vindex = {}
-            for h in self.headers:
-                lst = vindex.get(h.key)
+    def _build_index(self) -> dict[str, str]:
+        """Index the header list (after edits, or for a message built from headers)."""
+        first: dict[str, str] = {}
+        more: dict[str, list[str]] | None = None
+        for h in self.headers:
+            key = h.key
+            if key in first:
+                if more is None:
+                    more = {}
+                lst = more.get(key)
                 if lst is None:
-                    vindex[h.key] = [h.value]
+                    more[key] = [first[key], h.value]
                 else:
                     lst.append(h.value)
-            self._vindex = vindex
-        return vindex
+            else:
+                first[key] = h.value
+        self._first = first
+        self._more = more
+        return first
 
-    def _idx(self) -> dict[str, list[Header]]:
-        """Header key -> its ``Header`` lines (makes the ``Header`` objects)."""
-        index = self._index
-        if index is None:
-            index = {}
-            for h in self.headers:
-                lst = index.get(h.key)
-                if lst is None:
-                    index[h.key] = [h]
-                else:
-                    lst.append(h)
-            self._index = index
-        return index
+    def _all(self, key: str) -> Sequence[str]:
+        """The values of every line of header ``key`` (lower-case, expanded), in order."""
+        first = self._first
+        if first is None:
+            first = self._build_index()
+        value = first.get(key)
+        if value is None:
+            return ()
+        more = self._more
+        if more is not None:
+            lst = more.get(key)
+            if lst is not None:
+                return lst
+        return (value,)
 
     def header(self, name: str) -> str | None:
         """Value of the first line of header ``name`` (compact forms and case ignored)."""
-        lst = self._vidx().get(header_key(name))
-        return lst[0] if lst else None
+        first = self._first
+        if first is None:
+            first = self._build_index()
+        return first.get(header_key(name))
 
     def header_lines(self, name: str) -> list[str]:
         """Values of every line of header ``name``, in order."""
-        return list(self._vidx().get(header_key(name), ()))
+        return list(self._all(header_key(name)))
 
     def header_values(self, name: str) -> list[str]:
         """Every comma-separated value of header ``name`` over all its lines."""
         out: list[str] = []
-        for value in self._vidx().get(header_key(name), ()):
+        for value in self._all(header_key(name)):
             out.extend(split_commas(value))
         return out
 
     def has_header(self, name: str) -> bool:
-        return header_key(name) in self._vidx()
+        first = self._first
+        if first is None:
+            first = self._build_index()
+        return header_key(name) in first
 
     def _changed(self) -> None:
-        self._index = None
-        self._vindex = None
+        self._first = self._more = None
         self._head = None
         self._cache.clear()
+        self._vias = self._cseq = self._from = self._to = None
+        self._contacts = None
 
     def add_header(self, name: str, value: str, *, top: bool = False) -> None:
         """Add a header line. ``top``: before the first line of the same header (Via,
@@ -219,19 +261,30 @@ class Message:
 
     # ------------------------------------------------------------------ typed views
     def _single(self, key: str) -> str:
-        vindex = self._vindex
-        lst = (vindex if vindex is not None else self._vidx()).get(key)
-        if not lst:
+        first = self._first
+        if first is None:
+            first = self._build_index()
+        value = first.get(key)
+        if value is None:
             raise ParseError(f"missing {canonical_name(key)} header")
-        return lst[0]
+        return value
 
     def _values(self, key: str) -> list[str]:
         """``header_values`` for a key that is already lower-case and expanded."""
-        vindex = self._vindex
-        lst = (vindex if vindex is not None else self._vidx()).get(key)
-        if not lst:
+        first = self._first
+        if first is None:
+            first = self._build_index()
+        value = first.get(key)
+        if value is None:
             return []
+        more = self._more
+        if more is None or key not in more:  # the common case: one line
+            if "," not in value:
+                value = value.strip()
+                return [value] if value else []
+            return split_commas(value)
         out: list[str] = []
+        lst = more[key]
         for value in lst:
             value = value.strip()
             if "," in value:
@@ -242,62 +295,60 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        vias: list[Via] | None = self._cache.get("via")
+        vias = self._vias
         if vias is None:
-            parse = Via.parse
-            vias = [parse(v) for v in self._values("via")]
-            self._cache["via"] = vias
+            vias = self._vias = list(map(Via.parse, self._values("via")))
         return vias
 
     @property
     def top_via(self) -> Via:
-        vias = self.vias
+        vias = self._vias
+        if vias is None:
+            vias = self.vias
         if not vias:
             raise ParseError("missing Via header")
         return vias[0]
 
     @property
     def cseq(self) -> CSeq:
-        cseq: CSeq | None = self._cache.get("cseq")
+        cseq = self._cseq
         if cseq is None:
-            cseq = CSeq.parse(self._single("cseq"))
-            self._cache["cseq"] = cseq
+            cseq = self._cseq = CSeq.parse(self._single("cseq"))
         return cseq
 
     @property
     def call_id(self) -> str:
         return self._single("call-id").strip()
 
-    def _name_addr(self, key: str) -> NameAddr:
-        na: NameAddr | None = self._cache.get(key)
+    @property
+    def from_(self) -> NameAddr:
+        na = self._from
         if na is None:
-            na = NameAddr.parse(self._single(key), canonical_name(key))
-            self._cache[key] = na
+            na = self._from = NameAddr.parse(self._single("from"), "From")
         return na
 
     @property
-    def from_(self) -> NameAddr:
-        return self._name_addr("from")
-
-    @property
     def to(self) -> NameAddr:
-        return self._name_addr("to")
+        na = self._to
+        if na is None:
+            na = self._to = NameAddr.parse(self._single("to"), "To")
+        return na
 
     @property
     def from_tag(self) -> str | None:
-        return self.from_.tag
+        na = self._from
+        return (na if na is not None else self.from_).tag
 
     @property
     def to_tag(self) -> str | None:
-        return self.to.tag
+        na = self._to
+        return (na if na is not None else self.to).tag
 
     @property
     def contacts(self) -> list[Contact]:
-        contacts: list[Contact] | None = self._cache.get("contact")
+        contacts = self._contacts
         if contacts is None:
-            parse = Contact.parse
-            contacts = [parse(v) for v in self._values("contact")]
-            self._cache["contact"] = contacts
+            contacts = self._contacts = list(map(Contact.parse, self._values("contact")))
         return contacts
 
     def _addr_list(self, key: str) -> list[NameAddr]:
@@ -373,7 +424,7 @@ class Message:
         head = self._head
         if head is not None:
             # Nothing was edited: the received bytes are the serialisation.
-            if "content-length" in self._vidx():
+            if self.has_header("content-length"):
                 return b"".join((head, b"\r\n\r\n", self.body))
             return b"".join(
                 (head, b"\r\nContent-Length: ", str(len(self.body)).encode(), b"\r\n\r\n", self.body)
@@ -383,7 +434,7 @@ class Message:
         for h in self.headers:
             raw = h.raw
             append(raw if raw is not None else f"{h.name}: {h.value}")
-        if "content-length" not in self._vidx():
+        if not self.has_header("content-length"):
             lines.append(f"Content-Length: {len(self.body)}")
         lines.append("")
         lines.append("")
@@ -397,8 +448,9 @@ class Message:
         if self._headers is None:
             # Rows, index and received bytes are never changed in place: share them.
             other._headers = None
-            other._rows = self._rows
-            other._vindex = self._vindex
+            other._lines = self._lines
+            other._first = self._first
+            other._more = self._more
             other._head = self._head
         else:
             other._headers = [Header(h.name, h.key, h.value, h.raw) for h in self._headers]
@@ -427,6 +479,18 @@ class Request(Message):
             self._uri = uri
         self.version = version
         self._start = start
+
+    @classmethod
+    def _parsed(cls, method: str, uri_text: str, start: str) -> Request:
+        """A request as the parser starts it: no headers yet, start line as received."""
+        req = object.__new__(cls)
+        req._init_state(None, b"")
+        req.method = method
+        req.uri_text = uri_text
+        req._uri = None
+        req.version = "SIP/2.0"
+        req._start = start
+        return req
 
     @property
     def uri(self) -> URI:
@@ -476,6 +540,17 @@ class Response(Message):
         self.reason = reason
         self.version = version
         self._start = start
+
+    @classmethod
+    def _parsed(cls, status: int, reason: str, start: str) -> Response:
+        """A response as the parser starts it: no headers yet, status line as received."""
+        resp = object.__new__(cls)
+        resp._init_state(None, b"")
+        resp.status = status
+        resp.reason = reason
+        resp.version = "SIP/2.0"
+        resp._start = start
+        return resp
 
     def start_line(self) -> str:
         if self._start is not None:
