@@ -48,6 +48,8 @@ class BenchServer:
         self.dir = Path(tempfile.mkdtemp(prefix="sipserver-bench-"))
         self.port = free_port()
         self.ws_port = free_port()
+        while self.ws_port == self.port:  # a closed probe socket's port can come back at once
+            self.ws_port = free_port()
         cfg = self.dir / "bench.toml"
         cfg.write_text(
             f"""

@@ -49,6 +49,15 @@ def free_port(kind: int = socket.SOCK_STREAM, both: bool = True) -> int:
     raise RuntimeError("no free port")
 
 
+def _distinct(taken: set[int]) -> int:
+    """A free TCP port not already chosen: a closed probe socket's port can come back at once."""
+    while True:
+        port = free_port(both=False)
+        if port not in taken:
+            taken.add(port)
+            return port
+
+
 def sipserver_cmd() -> list[str]:
     exe = shutil.which("sipserver", path=str(Path(sys.executable).parent)) or shutil.which("sipserver")
     if exe:
@@ -61,8 +70,9 @@ class ServerProcess:
 
     def __init__(self, tmp_path: Path, *, tls: tuple[Path, Path] | None = None, config: str = "", extra: list[str] | None = None) -> None:
         self.port = free_port()
-        self.ws_port = free_port(both=False)
-        self.tls_port = free_port(both=False)
+        taken = {self.port}
+        self.ws_port = _distinct(taken)
+        self.tls_port = _distinct(taken)
         self.data_dir = tmp_path / "server-data"
         self.log_path = tmp_path / "server.log"
         listen = [f"udp:127.0.0.1:{self.port}", f"tcp:127.0.0.1:{self.port}", f"ws:127.0.0.1:{self.ws_port}"]

@@ -118,6 +118,8 @@ class Baresip:
         self.dir.mkdir()
         self.sip_port = sip_listen_port()
         self.ctrl_port = free_port(both=False)
+        while self.ctrl_port in (self.sip_port, self.sip_port + 1):  # probe ports can come back
+            self.ctrl_port = free_port(both=False)
         (self.dir / "config").write_text(CONFIG.format(sip_port=self.sip_port, ctrl_port=self.ctrl_port,
                                                        module_path=module_path))
         (self.dir / "accounts").write_text("")
