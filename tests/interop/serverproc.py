@@ -4,6 +4,7 @@ the rule that a missing third-party tool skips locally but fails under CI (CI=tr
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,20 +34,26 @@ def require_tool(name: str, hint: str) -> str:
 
 
 def free_port(kind: int = socket.SOCK_STREAM, both: bool = True) -> int:
-    """A port free for TCP and UDP on 127.0.0.1 (so one number can serve both listeners)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not both:
-            return port
+    """A port free for TCP (and UDP unless ``both`` is False) on 127.0.0.1.
+
+    Ports are drawn below Linux's ephemeral range (32768-60999): the kernel hands ephemeral ports
+    to every outgoing connection of the test run, so a probe there can collide with a socket in
+    TIME_WAIT that a server binding the same number (baresip's TLS listener) would trip over."""
+    for _ in range(200):
+        port = _rng.randrange(20000, 32000)
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind(("127.0.0.1", port))
-            return port
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port))
+            if both:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind(("127.0.0.1", port))
         except OSError:
             continue
+        return port
     raise RuntimeError("no free port")
+
+
+_rng = random.Random()
 
 
 def _distinct(taken: set[int]) -> int:
