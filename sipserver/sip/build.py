@@ -132,33 +132,27 @@ def make_ack_for_non2xx(invite: Request, response: Response) -> Request:
     """The ACK the INVITE client transaction sends for a 3xx-6xx (RFC 3261 §17.1.1.3): same
     Request-URI, Call-ID, From, CSeq number and top Via as the INVITE, To from the response,
     the INVITE's Route set."""
-    hdrs: list[Header] = []
-    top_via = invite.header_values("via")[0]
-    hdrs.append(Header("Via", "via", top_via))
-    hdrs.extend(_copy(invite, "route"))
-    hdrs.append(Header("Max-Forwards", "max-forwards", "70"))
-    hdrs.extend(_copy(invite, "from"))
-    hdrs.extend(_copy(response, "to"))
-    hdrs.extend(_copy(invite, "call-id"))
-    hdrs.append(Header("CSeq", "cseq", f"{invite.cseq.seq} ACK"))
-    hdrs.append(Header("Content-Length", "content-length", "0"))
-    return Request("ACK", invite.uri_text, hdrs)
+    return _same_hop_request(invite, "ACK", to_from=response)
 
 
 def make_cancel(invite: Request) -> Request:
     """CANCEL for a pending INVITE (RFC 3261 §9.1): same Request-URI, Call-ID, To, From, CSeq
     number and top Via (so it matches the INVITE's branch), and the INVITE's Route set."""
-    hdrs: list[Header] = []
-    top_via = invite.header_values("via")[0]
-    hdrs.append(Header("Via", "via", top_via))
+    return _same_hop_request(invite, "CANCEL", to_from=invite)
+
+
+def _same_hop_request(invite: Request, method: str, *, to_from: Message) -> Request:
+    """A request that belongs to the INVITE's transaction hop: its top Via, Route set, From,
+    Call-ID and CSeq number, with To taken from ``to_from``."""
+    hdrs: list[Header] = [Header("Via", "via", invite.header_values("via")[0])]
     hdrs.extend(_copy(invite, "route"))
     hdrs.append(Header("Max-Forwards", "max-forwards", "70"))
     hdrs.extend(_copy(invite, "from"))
-    hdrs.extend(_copy(invite, "to"))
+    hdrs.extend(_copy(to_from, "to"))
     hdrs.extend(_copy(invite, "call-id"))
-    hdrs.append(Header("CSeq", "cseq", f"{invite.cseq.seq} CANCEL"))
+    hdrs.append(Header("CSeq", "cseq", f"{invite.cseq.seq} {method}"))
     hdrs.append(Header("Content-Length", "content-length", "0"))
-    return Request("CANCEL", invite.uri_text, hdrs)
+    return Request(method, invite.uri_text, hdrs)
 
 
 def make_request(
