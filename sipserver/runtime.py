@@ -1064,14 +1064,16 @@ class Server:
                 if self.flows.is_alive(f) and f.remote[0] in (nxt.received or nxt.host, nxt.host):
                     await self.send(f, out)
                     return
+        port = nxt.rport or nxt.port or 5060
+        host = nxt.received or nxt.host
         try:
-            port = nxt.rport or nxt.port or 5060
-            host = nxt.received or nxt.host
-            local = self.udp_local.get(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            if local is not None:
-                await self.send(Flow(Transport.UDP, local, (host, port), 0), out)
-        except ParseError:
+            ipaddress.ip_address(host)
+        except ValueError:
+            proxy_log.info("late 2xx for %s dropped: next Via host %r is not an address", resp.call_id, host)
             return
+        local = self.udp_local.get(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        if local is not None:
+            await self.send(Flow(Transport.UDP, local, (host, port), 0), out)
 
     # ------------------------------------------------------------------ timers
     def _wake_timer(self, deadline: float | None) -> None:
