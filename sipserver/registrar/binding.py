@@ -13,13 +13,19 @@ Invariants:
   between nodes.
 - ``to_record``/``from_record`` round-trip every field through JSON-compatible values;
   ``from_record`` and ``BindingKey.from_text`` raise ``ValueError`` and nothing else on bad input.
+  ``record_json`` is ``json.dumps(to_record())`` (compact separators), the same text, built
+  without the intermediate dict.
+- ``Binding`` does no conversion or validation when built (it is made once per REGISTER and
+  once per stored row): callers pass tuples for the sequence fields; ``from_record`` is the one
+  place untrusted data comes in, and it checks every field.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
@@ -34,6 +40,7 @@ __all__ = [
     "canonical_contact",
     "escape_param",
     "escape_user",
+    "record_json",
     "render_params",
 ]
 
@@ -67,8 +74,21 @@ class BindingKey(NamedTuple):
 
     @property
     def text(self) -> str:
-        """A reversible one-line form, used as the SQLite primary key and in logs."""
-        return json.dumps([self.aor, self.kind, self.ident, self.reg_id], separators=(",", ":"))
+        """A reversible one-line form, used as the SQLite primary key and in logs.
+
+        The compact JSON of ``[aor, kind, ident, reg_id]``; spelled out here for the field types
+        a key really holds (it is computed per stored binding), ``json.dumps`` for anything else."""
+        aor, kind, ident, reg_id = self
+        if type(aor) is str and type(kind) is str and type(ident) is str:
+            if reg_id is None:
+                tail = "null]"
+            elif type(reg_id) is int:
+                tail = f"{int.__repr__(reg_id)}]"
+            else:
+                tail = ""
+            if tail:
+                return f"[{_json_str(aor)},{_json_str(kind)},{_json_str(ident)},{tail}"
+        return json.dumps([aor, kind, ident, reg_id], separators=(",", ":"))
 
     @classmethod
     def from_text(cls, text: str) -> BindingKey:
@@ -97,6 +117,8 @@ _PARAM_SAFE = _UNRESERVED | frozenset("[]/:&+$")  # RFC 3261 §25.1 param-unrese
 
 
 def _escape(text: str, safe: frozenset[str]) -> str:
+    if safe.issuperset(text):  # the usual case: nothing to escape (safe is ASCII only)
+        return text
     out: list[str] = []
     for byte in text.encode("utf-8", "surrogateescape"):
         ch = chr(byte)
@@ -149,18 +171,10 @@ def canonical_contact(uri: SipURI) -> str:
 
 
 def render_params(params: tuple[Param, ...] | list[Param]) -> str:
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+    return "".join([f";{k}" if v is None else f";{k}={v}" for k, v in params])
 
 
 # ------------------------------------------------------------------------------ Binding
-
-
-def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
-    return tuple(value)
-
-
-def _params_converter(value: Any) -> tuple[Param, ...]:
-    return tuple((str(k), None if v is None else str(v)) for k, v in value)
 
 
 @attrs.frozen(slots=True)
@@ -177,19 +191,19 @@ class Binding:
     expires_at: float
     call_id: str
     cseq: int
-    contact_params: tuple[Param, ...] = attrs.field(default=(), converter=_params_converter)
+    contact_params: tuple[Param, ...] = ()
     instance: str | None = None
     instance_id: str | None = None
     reg_id: int | None = None
     q: float = 1.0
-    path: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    path: tuple[str, ...] = ()
     outbound: bool = False
     flow_token: str | None = None
     transport: str = "udp"
     source: str = ""
     user_agent: str | None = None
     registered_at: float = 0.0
-    temp_gruus: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    temp_gruus: tuple[str, ...] = ()
 
     def remaining(self, now: float) -> int:
         """Seconds left, as the ``expires`` Contact parameter of a 200 OK (RFC 3261 §10.3 step 8).
@@ -207,8 +221,10 @@ class Binding:
     def contact_value(self, now: float, extra: tuple[Param, ...] = ()) -> str:
         """The Contact header value for this binding: URI in <>, the parameters as registered,
         ``extra`` (GRUUs), then ``expires`` with the time left (OB-REG-15, REG3261-09)."""
-        params = (*self.contact_params, *extra, ("expires", str(self.remaining(now))))
-        return f"<{self.contact_uri}>{render_params(params)}"
+        params = render_params(self.contact_params)
+        if extra:
+            params += render_params(extra)
+        return f"<{self.contact_uri}>{params};expires={self.remaining(now)}"
 
     # ------------------------------------------------------------------ persistence form
     def to_record(self) -> dict[str, Any]:
@@ -242,6 +258,69 @@ class Binding:
             return _from_record(record)
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"bad binding record: {err!r}") from None
+
+
+class _Unusual(Exception):
+    """Internal: a field holds a type ``record_json`` does not spell out itself."""
+
+
+_INF = float("inf")
+
+
+def record_json(b: Binding, key_text: str | None = None) -> str:
+    """``json.dumps(b.to_record(), separators=(",", ":"))``, the same text, without building the
+    dict (this runs for every binding written to disk). ``key_text``: ``b.key.text`` when the
+    caller already has it. Fields of a type the fast path does not spell out (an int where a
+    float belongs, a non-finite number...) take ``json.dumps``."""
+    try:
+        expires_at = b.expires_at
+        q = b.q
+        registered_at = b.registered_at
+        cseq = b.cseq
+        reg_id = b.reg_id
+        outbound = b.outbound
+        if not (
+            type(expires_at) is float
+            and -_INF < expires_at < _INF
+            and type(q) is float
+            and -_INF < q < _INF
+            and type(registered_at) is float
+            and -_INF < registered_at < _INF
+            and type(cseq) is int
+            and (reg_id is None or type(reg_id) is int)
+            and (outbound is True or outbound is False)
+        ):
+            raise _Unusual
+        instance = b.instance
+        instance_id = b.instance_id
+        flow_token = b.flow_token
+        user_agent = b.user_agent
+        params = ",".join(
+            [
+                f"[{_json_str(k)},{'null' if v is None else _json_str(v)}]"
+                for k, v in b.contact_params
+            ]
+        )
+        # json.dumps writes str with encode_basestring_ascii, float with float.__repr__ and int
+        # with int.__repr__: the same functions are used here.
+        return (
+            f'{{"key":{_json_str(b.key.text if key_text is None else key_text)},'
+            f'"aor":{_json_str(b.aor)},"contact_uri":{_json_str(b.contact_uri)},'
+            f'"expires_at":{float.__repr__(expires_at)},"call_id":{_json_str(b.call_id)},'
+            f'"cseq":{int.__repr__(cseq)},"contact_params":[{params}],'
+            f'"instance":{"null" if instance is None else _json_str(instance)},'
+            f'"instance_id":{"null" if instance_id is None else _json_str(instance_id)},'
+            f'"reg_id":{"null" if reg_id is None else int.__repr__(reg_id)},'
+            f'"q":{float.__repr__(q)},"path":[{",".join(map(_json_str, b.path))}],'
+            f'"outbound":{"true" if outbound else "false"},'
+            f'"flow_token":{"null" if flow_token is None else _json_str(flow_token)},'
+            f'"transport":{_json_str(b.transport)},"source":{_json_str(b.source)},'
+            f'"user_agent":{"null" if user_agent is None else _json_str(user_agent)},'
+            f'"registered_at":{float.__repr__(registered_at)},'
+            f'"temp_gruus":[{",".join(map(_json_str, b.temp_gruus))}]}}'
+        )
+    except (_Unusual, TypeError, ValueError):
+        return json.dumps(b.to_record(), separators=(",", ":"))
 
 
 def _str(value: Any) -> str:

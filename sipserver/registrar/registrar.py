@@ -20,27 +20,31 @@ Local choices (documented for OB-REG-05/13/17, REG3261-01):
   ``reg-id`` without ``+sip.instance`` is ignored (plain binding).
 - A Request-URI or To domain this server does not serve gets 403; a non-sip/sips To gets 400;
   a non-sip/sips Contact URI gets 400 (the proxy could not route to it).
+
+Speed (this runs for every REGISTER): each Contact parameter and header view is read once; the
+200 OK is built here in one pass over the request's lines (the same message ``make_response``
+would build), with the constant lines shared between responses; our own Path URI is rendered
+once per listener, only the flow token is put in per request.
 """
 
 from __future__ import annotations
 
 import email.utils
-import secrets
 from collections.abc import Callable
 from typing import Protocol
 
 import attrs
 
-from sipserver.outbound.flow import Flow
+from sipserver.outbound.flow import Flow, Transport
 from sipserver.sip.build import make_response, reason_phrase
-from sipserver.sip.randomness import random_hex
 from sipserver.sip.errors import ParseError
 from sipserver.sip.headers import Contact
-from sipserver.sip.message import Request, Response
+from sipserver.sip.message import Header, Request, Response
+from sipserver.sip.randomness import random_hex
 from sipserver.sip.uri import SipURI
 
-from .binding import Binding, BindingKey, Param
-from .gruu import new_temp_gruu_user, pub_gruu, temp_gruu
+from .binding import INSTANCE, Binding, BindingKey, Param
+from .gruu import new_temp_gruu_user, pub_gruu, temp_gruu, token_urlsafe
 from .store import Change, Delete, LocationStore, Put, RemovalCause
 
 __all__ = [
@@ -167,14 +171,6 @@ def _phrase(status: int, detail: str | None = None) -> str:
     return f"{base} ({clean})"
 
 
-@attrs.frozen(slots=True)
-class _Plan:
-    """One Contact's outcome before anything is applied."""
-
-    change: Change | None
-    event: RegistrarEvent | None
-
-
 class Registrar:
     """Applies REGISTER requests to a ``LocationStore``."""
 
@@ -185,13 +181,15 @@ class Registrar:
         codec: FlowTokenEncoder,
         *,
         is_local_domain: Callable[[str], bool],
-        random_token: Callable[[int], str] = secrets.token_urlsafe,
+        random_token: Callable[[int], str] = token_urlsafe,
     ) -> None:
         self.settings = settings
         self.store = store
         self._codec = codec
         self._is_local = is_local_domain
         self._random_token = random_token
+        # Our own Path URI around the flow token, per local URI text: (before, after, after-ob).
+        self._own_paths: dict[str, tuple[str, str, str]] = {}
 
     # ------------------------------------------------------------------ entry point
     def handle(self, req: Request, flow: Flow, *, now: float, local_uri: SipURI) -> RegisterResult:
@@ -241,53 +239,72 @@ class Registrar:
         cseq = req.cseq.seq
         supported = req.supported
 
-        ctx = _Context(req, flow, now, local_uri, aor, call_id, cseq)
+        ctx = _Context(req, flow, now, local_uri, aor, call_id, cseq, supported)
+        changes: list[Change] = []
+        events: list[RegistrarEvent] = []
         if not contacts:
-            plans: list[_Plan] = []  # a query (REG3261-09)
-        elif any(c.star for c in contacts):
-            plans = self._plan_wildcard(ctx, contacts)
+            pass  # a query (REG3261-09)
+        elif contacts[0].star if len(contacts) == 1 else any(c.star for c in contacts):
+            self._plan_wildcard(ctx, contacts, changes, events)
         else:
-            plans = self._plan_contacts(ctx, contacts, supported)
+            self._plan_contacts(ctx, contacts, changes, events)
 
-        changes = [p.change for p in plans if p.change is not None]
-        events = [p.event for p in plans if p.event is not None]
-        self._check_capacity(aor, now, changes)
-        self.store.apply(changes)
+        puts = [c.binding for c in changes if isinstance(c, Put)]
+        if puts:
+            self._check_capacity(aor, now, changes, len(puts))
+        store = self.store
+        store.apply(changes)
 
         # Step 8: 200 OK listing every current binding with the time it has left.
-        headers: list[tuple[str, str]] = []
+        headers: list[Header] = []
         if ctx.outbound_applied:
-            headers.append(("Require", "outbound"))  # OB-REG-10
-            headers.append(("Flow-Timer", str(s.flow_timer)))  # OB-EP-15
-        with_gruu = s.gruu and "gruu" in supported
-        for b in self.store.lookup(aor, now):
-            headers.append(
-                ("Contact", b.contact_value(now, self._gruu_params(b, to_uri, with_gruu)))
-            )
-        puts = [c.binding for c in changes if isinstance(c, Put)]
-        if puts and "path" in supported:
-            # PATH-04: the Path stored, same order. Our own entry is shown only when it is an
-            # outbound one (OB-CS-03: a Path of ours that we echo carries ob and a real token).
-            echo = list(ctx.received_path)
-            if ctx.own_ob_path is not None and any(b.outbound and b.flow_token for b in puts):
-                echo.insert(0, ctx.own_ob_path)
-            if echo:
-                headers.append(("Path", ", ".join(echo)))
-        headers.append(("Supported", "path, outbound, gruu" if s.gruu else "path, outbound"))
-        headers.append(("Date", _http_date(now)))
-        response = make_response(req, 200, to_tag=random_hex(6), headers=headers)
-        token = next((b.flow_token for b in puts if b.flow_token is not None), None)
+            headers.append(_REQUIRE_OUTBOUND)  # OB-REG-10
+            headers.append(_flow_timer_header(s.flow_timer))  # OB-EP-15
+        if s.gruu and "gruu" in supported:
+            for b in store.lookup(aor, now):
+                value = b.contact_value(now, _gruu_params(b, to_uri))
+                headers.append(Header("Contact", "contact", value))
+        else:
+            for b in store.lookup(aor, now):
+                headers.append(Header("Contact", "contact", b.contact_value(now)))
+        token: str | None = None
+        outbound_flow = False
+        if puts:
+            for b in puts:
+                flow_token = b.flow_token
+                if flow_token is not None:
+                    if token is None:
+                        token = flow_token
+                    if b.outbound:
+                        outbound_flow = True
+            if "path" in supported:
+                # PATH-04: the Path stored, same order. Our own entry is shown only when it is an
+                # outbound one (OB-CS-03: a Path of ours that we echo carries ob and a real
+                # token).
+                own = ctx.own_ob_path
+                if own is not None and any(b.outbound and b.flow_token for b in puts):
+                    headers.append(Header("Path", "path", ", ".join((own, *ctx.received_path))))
+                elif ctx.received_path:
+                    headers.append(Header("Path", "path", ", ".join(ctx.received_path)))
+        headers.append(_SUPPORTED_GRUU if s.gruu else _SUPPORTED)
+        headers.append(_date_header(now))
         return RegisterResult(
-            response=response,
+            response=_ok_response(req, headers),
             changes=changes,
             events=events,
-            outbound_flow=any(b.outbound and b.flow_token is not None for b in puts),
+            outbound_flow=outbound_flow,
             flow_token=token,
             aor=aor,
         )
 
     # ------------------------------------------------------------------ planning
-    def _plan_wildcard(self, ctx: _Context, contacts: list[Contact]) -> list[_Plan]:
+    def _plan_wildcard(
+        self,
+        ctx: _Context,
+        contacts: list[Contact],
+        changes: list[Change],
+        events: list[RegistrarEvent],
+    ) -> None:
         """RFC 3261 §10.3 step 6: ``*`` alone, with ``Expires: 0``, removes every binding
         (REG3261-05, OB-REG-14), subject to the CSeq rule per binding."""
         if len(contacts) != 1:
@@ -298,140 +315,156 @@ class Registrar:
         for b in live:
             if b.call_id == ctx.call_id and ctx.cseq <= b.cseq:
                 raise _Reject(500, "out of order CSeq")
-        return [
-            _Plan(
-                Delete(b.key, RemovalCause.UNREGISTERED),
-                BindingRemoved(ctx.aor, b.key, RemovalCause.UNREGISTERED),
-            )
-            for b in live
-        ]
+        for b in live:
+            changes.append(Delete(b.key, RemovalCause.UNREGISTERED))
+            events.append(BindingRemoved(ctx.aor, b.key, RemovalCause.UNREGISTERED))
 
     def _plan_contacts(
-        self, ctx: _Context, contacts: list[Contact], supported: frozenset[str]
-    ) -> list[_Plan]:
+        self,
+        ctx: _Context,
+        contacts: list[Contact],
+        changes: list[Change],
+        events: list[RegistrarEvent],
+    ) -> None:
+        """Check every Contact, then plan each one's change (in Contact order). Each Contact
+        parameter is read once; the checks run in the order that decides which error a request
+        with several problems gets."""
         s = self.settings
         req = ctx.req
         header_expires = req.expires
 
         # RFC 5626 §6: outbound applies when the UA supports it, the Contact has a reg-id (and
         # an instance) and we are the first hop or the first hop marked its Path with ob.
-        reg_contacts = (
-            [c for c in contacts if c.reg_id_text is not None] if "outbound" in supported else []
-        )
-        if len(reg_contacts) > 1:
-            raise _Reject(400, "more than one Contact with reg-id")  # OB-REG-12
-        reg_contact = reg_contacts[0] if reg_contacts else None
-        if reg_contact is not None and reg_contact.reg_id is None:
-            raise _Reject(400, "invalid reg-id")  # OB-REG-17
+        reg_contact: Contact | None = None
+        reg_id: int | None = None
+        if "outbound" in ctx.supported:
+            for c in contacts:
+                if c.reg_id_text is not None:
+                    if reg_contact is not None:
+                        raise _Reject(400, "more than one Contact with reg-id")  # OB-REG-12
+                    reg_contact = c
+            if reg_contact is not None:
+                reg_id = reg_contact.reg_id
+                if reg_id is None:
+                    raise _Reject(400, "invalid reg-id")  # OB-REG-17
         paths = req.paths
-        ctx.received_path = tuple(p.raw.strip() for p in paths)
-        first_hop = len(req.vias) == 1  # OB-CS-01
-        top_uri = paths[0].uri if paths else None
-        top_ob = isinstance(top_uri, SipURI) and top_uri.has_param("ob")
+        top_ob = False
+        if paths:
+            ctx.received_path = tuple([p.raw.strip() for p in paths])
+            top_uri = paths[0].uri
+            top_ob = isinstance(top_uri, SipURI) and top_uri.has_param("ob")
+        first_hop = ctx.first_hop = len(req.vias) == 1  # OB-CS-01
         if reg_contact is not None and not (first_hop or top_ob or s.outbound_without_first_hop):
             raise _Reject(439, "first hop lacks outbound support")  # OB-REG-03
-        outbound_contact = (
-            reg_contact if reg_contact is not None and reg_contact.instance_id is not None else None
-        )
-        ctx.outbound_applied = outbound_contact is not None
 
         # Expiry and policy checks for every Contact before anything changes (REG3261-06/07).
-        expiries: list[tuple[int, float]] = []
+        checked: list[tuple[Contact, SipURI, int, float, str | None]] = []
+        min_expires = s.min_expires
+        max_expires = s.max_expires
+        require_instance = s.require_instance
         for c in contacts:
-            if not isinstance(c.uri, SipURI):
+            uri = c.uri
+            if not isinstance(uri, SipURI):
                 raise _Reject(400, "Contact URI must be sip or sips")
             requested = c.expires
             if requested is None:
                 requested = header_expires if header_expires is not None else s.default_expires
-            if 0 < requested < s.min_expires:
-                raise _Reject(423, "expiry too short", [("Min-Expires", str(s.min_expires))])
-            if s.require_instance and requested > 0 and c.instance_id is None:
+            if 0 < requested < min_expires:
+                raise _Reject(423, "expiry too short", [("Min-Expires", str(min_expires))])
+            instance_id = c.instance_id
+            if require_instance and requested > 0 and instance_id is None:
                 raise _Reject(403, "Contact without +sip.instance refused")
             # q is read here so a bad value is a 400 before anything changes.
-            expiries.append((min(requested, s.max_expires), c.q))
+            q = c.q
+            expires = requested if requested < max_expires else max_expires
+            checked.append((c, uri, expires, q, instance_id))
 
-        return [
-            self._plan_one(ctx, c, expires, q, c is outbound_contact, first_hop, supported)
-            for c, (expires, q) in zip(contacts, expiries, strict=True)
-        ]
+        aor = ctx.aor
+        for c, uri, expires, q, instance_id in checked:
+            if c is reg_contact and instance_id is not None:
+                assert reg_id is not None
+                ctx.outbound_applied = True
+                key = BindingKey(aor, INSTANCE, instance_id, reg_id)  # OB-REG-07/08
+                self._plan_one(ctx, c, key, expires, q, instance_id, reg_id, changes, events)
+            else:
+                key = BindingKey.for_contact(aor, uri)  # OB-REG-06
+                self._plan_one(ctx, c, key, expires, q, instance_id, None, changes, events)
 
     def _plan_one(
         self,
         ctx: _Context,
         c: Contact,
+        key: BindingKey,
         expires: int,
         q: float,
-        is_outbound: bool,
-        first_hop: bool,
-        supported: frozenset[str],
-    ) -> _Plan:
-        uri = c.sip_uri
-        if is_outbound:
-            assert c.instance_id is not None and c.reg_id is not None
-            key = BindingKey.for_instance(ctx.aor, c.instance_id, c.reg_id)  # OB-REG-07/08
-        else:
-            key = BindingKey.for_contact(ctx.aor, uri)  # OB-REG-06
+        instance_id: str | None,
+        reg_id: int | None,
+        changes: list[Change],
+        events: list[RegistrarEvent],
+    ) -> None:
+        """One Contact's change and event. ``reg_id`` is set exactly when outbound applies to
+        this Contact (its key is then the instance key)."""
+        is_outbound = reg_id is not None
         stored = self.store.get(key)
-        old = stored if stored is not None and stored.expires_at > ctx.now else None
+        now = ctx.now
+        old = stored if stored is not None and stored.expires_at > now else None
+        call_id = ctx.call_id
         # RFC 3261 §10.3 step 7: same Call-ID needs a higher CSeq (REG3261-08).
-        if old is not None and old.call_id == ctx.call_id and ctx.cseq <= old.cseq:
+        if old is not None and old.call_id == call_id and ctx.cseq <= old.cseq:
             raise _Reject(500, "out of order CSeq")
 
         if expires == 0:
             if stored is None:
-                return _Plan(None, None)
-            removed = BindingRemoved(ctx.aor, key, RemovalCause.UNREGISTERED) if old else None
-            return _Plan(Delete(key, RemovalCause.UNREGISTERED), removed)
+                return
+            changes.append(Delete(key, RemovalCause.UNREGISTERED))
+            if old is not None:
+                events.append(BindingRemoved(ctx.aor, key, RemovalCause.UNREGISTERED))
+            return
 
-        path, token = self._route_to_ua(ctx, is_outbound, first_hop)
-        same_session = (
-            old is not None and old.call_id == ctx.call_id and old.instance_id == c.instance_id
-        )
+        path, token = self._route_to_ua(ctx, is_outbound)
+        same_session = old is not None and old.call_id == call_id and old.instance_id == instance_id
         temps: tuple[str, ...] = old.temp_gruus if same_session and old is not None else ()
-        if self.settings.gruu and "gruu" in supported and c.instance_id is not None:
+        if instance_id is not None and self.settings.gruu and "gruu" in ctx.supported:
             # GRUU-03: a new temporary GRUU per registration; earlier ones of this Call-ID stay.
             temps = (*temps, new_temp_gruu_user(self._random_token))[-MAX_TEMP_GRUUS:]
-        flow = ctx.flow
+        transport, source, user_agent = ctx.origin()
+        uri_text = c.uri_text
+        # Positional, in field order (a keyword call costs about half as much again).
         binding = Binding(
-            key=key,
-            aor=ctx.aor,
-            contact_uri=c.uri_text,
-            expires_at=ctx.now + expires,
-            call_id=ctx.call_id,
-            cseq=ctx.cseq,
-            contact_params=tuple(
-                (k, v) for k, v in c.params if k.lower() not in _DROPPED_CONTACT_PARAMS
-            ),
-            instance=c.instance,
-            instance_id=c.instance_id,
-            reg_id=c.reg_id if is_outbound else None,
-            q=q,
-            path=path,
-            outbound=is_outbound,
-            flow_token=token,
-            transport=flow.transport.value.lower(),
-            source=_hostport(flow.remote),
-            user_agent=ctx.req.header("user-agent"),
-            registered_at=old.registered_at if same_session and old is not None else ctx.now,
-            temp_gruus=temps,
+            key,
+            ctx.aor,
+            uri_text,  # contact_uri
+            now + expires,  # expires_at
+            call_id,
+            ctx.cseq,
+            tuple([p for p in c.params if p[0].lower() not in _DROPPED_CONTACT_PARAMS]),
+            c.instance,
+            instance_id,
+            reg_id,
+            q,
+            path,
+            is_outbound,  # outbound
+            token,  # flow_token
+            transport,
+            source,
+            user_agent,
+            old.registered_at if same_session and old is not None else now,  # registered_at
+            temps,  # temp_gruus
         )
-        event: RegistrarEvent
+        changes.append(Put(binding))
         if old is None:
-            event = BindingAdded(ctx.aor, key, binding)
+            events.append(BindingAdded(ctx.aor, key, binding))
         elif (
-            old.call_id != ctx.call_id
+            old.call_id != call_id
             or old.flow_token != token
-            or old.contact_uri != binding.contact_uri
+            or old.contact_uri != uri_text
             or old.path != path
         ):
-            event = BindingReplaced(ctx.aor, key, binding, old)
+            events.append(BindingReplaced(ctx.aor, key, binding, old))
         else:
-            event = BindingRefreshed(ctx.aor, key, binding)
-        return _Plan(Put(binding), event)
+            events.append(BindingRefreshed(ctx.aor, key, binding))
 
-    def _route_to_ua(
-        self, ctx: _Context, is_outbound: bool, first_hop: bool
-    ) -> tuple[tuple[str, ...], str | None]:
+    def _route_to_ua(self, ctx: _Context, is_outbound: bool) -> tuple[tuple[str, ...], str | None]:
         """The route set towards the UA and the flow token it depends on (OB-REG-09, PATH-04).
 
         First hop: our own Path URI naming the arrival flow goes on top, with ``ob`` when
@@ -439,17 +472,37 @@ class Registrar:
         WebSocket or NATed TCP phone is reachable only over its connection; RFC 7118 §5, WS-08).
         Direct UDP without outbound: no Path, requests go to the Contact."""
         received = ctx.received_path
-        if not first_hop or not (is_outbound or ctx.flow.transport.reliable):
+        if not ctx.first_hop or not (is_outbound or ctx.flow.transport.reliable):
             return received, None
         token = ctx.token(self._codec)
-        own = _own_path(ctx.local_uri, token, ob=is_outbound)
+        own = self._own_path(ctx.local_uri, token, ob=is_outbound)
         if is_outbound:
             ctx.own_ob_path = own
         return (own, *received), token
 
-    def _check_capacity(self, aor: str, now: float, changes: list[Change]) -> None:
+    def _own_path(self, local_uri: SipURI, token: str, *, ob: bool) -> str:
+        """``<sip:TOKEN@our-host:port;transport=x;lr[;ob]>`` (RFC 5626 §5.1, RFC 3327 §4).
+
+        Only the token changes between requests on one listener, so the text around it is
+        rendered once per local URI."""
+        text = str(local_uri)
+        parts = self._own_paths.get(text)
+        if parts is None:
+            parts = _own_path_parts(local_uri)
+            if len(self._own_paths) >= 256:
+                self._own_paths.clear()
+            self._own_paths[text] = parts
+        before, after, after_ob = parts
+        return f"{before}{token}{after_ob if ob else after}"
+
+    def _check_capacity(self, aor: str, now: float, changes: list[Change], puts: int) -> None:
+        """403 when the REGISTER would leave the AoR with more than ``max_bindings_per_aor``
+        live bindings and more than it had (a full AoR may still refresh or shrink)."""
         limit = self.settings.max_bindings_per_aor
-        keys = {b.key for b in self.store.lookup(aor, now)}
+        live = self.store.lookup(aor, now)
+        if len(live) + puts <= limit:
+            return  # each Put adds at most one binding
+        keys = {b.key for b in live}
         before = len(keys)
         for change in changes:
             if isinstance(change, Put):
@@ -458,15 +511,6 @@ class Registrar:
                 keys.discard(change.key)
         if len(keys) > limit and len(keys) > before:
             raise _Reject(403, f"too many contacts (limit {limit})")
-
-    def _gruu_params(self, b: Binding, to_uri: SipURI, enabled: bool) -> tuple[Param, ...]:
-        """GRUU-01/02: pub-gruu and the newest temp-gruu, quoted, when the UA asked for GRUUs."""
-        if not enabled or b.instance_id is None:
-            return ()
-        params: list[Param] = [("pub-gruu", f'"{pub_gruu(to_uri, b.instance_id)}"')]
-        if b.temp_gruus:
-            params.append(("temp-gruu", f'"{temp_gruu(to_uri, b.temp_gruus[-1])}"'))
-        return tuple(params)
 
 
 @attrs.define
@@ -480,10 +524,13 @@ class _Context:
     aor: str
     call_id: str
     cseq: int
+    supported: frozenset[str]
     received_path: tuple[str, ...] = ()
+    first_hop: bool = False
     outbound_applied: bool = False
     own_ob_path: str | None = None
     _flow_token: str | None = attrs.field(default=None, init=False)
+    _origin: tuple[str, str, str | None] | None = attrs.field(default=None, init=False)
 
     def token(self, codec: FlowTokenEncoder) -> str:
         """The arrival flow's token, minted once per request."""
@@ -494,29 +541,110 @@ class _Context:
                 raise _Reject(500, "arrival flow cannot be named by a flow token") from None
         return self._flow_token
 
+    def origin(self) -> tuple[str, str, str | None]:
+        """Transport, source address and User-Agent: what every binding made from this
+        request records about where it came from."""
+        origin = self._origin
+        if origin is None:
+            flow = self.flow
+            origin = self._origin = (
+                _TRANSPORT_NAMES[flow.transport],
+                _hostport(flow.remote),
+                self.req.header("user-agent"),
+            )
+        return origin
 
-def _own_path(local_uri: SipURI, token: str, *, ob: bool) -> str:
-    """``<sip:TOKEN@our-host:port;transport=x;lr[;ob]>`` (RFC 5626 §5.1, RFC 3327 §4)."""
+
+_TRANSPORT_NAMES = {t: t.value.lower() for t in Transport}
+
+
+def _gruu_params(b: Binding, to_uri: SipURI) -> tuple[Param, ...]:
+    """GRUU-01/02: pub-gruu and the newest temp-gruu, quoted, when the UA asked for GRUUs."""
+    if b.instance_id is None:
+        return ()
+    pub: Param = ("pub-gruu", f'"{pub_gruu(to_uri, b.instance_id)}"')
+    if b.temp_gruus:
+        return (pub, ("temp-gruu", f'"{temp_gruu(to_uri, b.temp_gruus[-1])}"'))
+    return (pub,)
+
+
+def _own_path_parts(local_uri: SipURI) -> tuple[str, str, str]:
+    """The text of ``_own_path`` before and after the token (without and with ``ob``): the
+    local URI with the token as user, no password or headers, ``lr`` (and ``ob``) last."""
     params: list[Param] = [(k, v) for k, v in local_uri.params if k.lower() not in ("lr", "ob")]
-    params.append(("lr", None))
-    if ob:
-        params.append(("ob", None))
-    uri = local_uri.replace(user=token, password=None, params=params, headers=None)
-    return f"<{uri}>"
+    marker = "\x00token\x00"
+    uri = str(local_uri.replace(user=marker, password=None, params=params, headers=None))
+    before, _, after = uri.partition(marker)
+    return f"<{before}", f"{after};lr>", f"{after};lr;ob>"
+
+
+# The request headers a response copies (RFC 3261 §8.2.6.2).
+_COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+# Header lines every 200 OK may carry. ``Header`` objects are never changed in place (a message
+# edit replaces them), so one object can sit in any number of responses.
+_OK = reason_phrase(200)
+_REQUIRE_OUTBOUND = Header("Require", "require", "outbound")
+_SUPPORTED = Header("Supported", "supported", "path, outbound")
+_SUPPORTED_GRUU = Header("Supported", "supported", "path, outbound, gruu")
+
+
+def _ok_response(req: Request, extra: list[Header]) -> Response:
+    """``make_response(req, 200, to_tag=random_hex(6), headers=extra)``, the same message, in
+    one pass over the request's header lines instead of one per copied header (this is on
+    every REGISTER). Via, From, To, Call-ID and CSeq lines are copied as received (the very
+    ``Header`` objects: they are never changed in place), grouped in that order; To gets a tag
+    unless it has one (the To view was parsed already, so it answers that)."""
+    vias: list[Header] = []
+    froms: list[Header] = []
+    tos: list[Header] = []
+    call_ids: list[Header] = []
+    cseqs: list[Header] = []
+    for h in req.headers:
+        key = h.key
+        if key in _COPIED:
+            if key == "via":
+                vias.append(h)
+            elif key == "from":
+                froms.append(h)
+            elif key == "to":
+                tos.append(h)
+            elif key == "call-id":
+                call_ids.append(h)
+            else:
+                cseqs.append(h)
+    if tos and not req.to.has_param("tag"):
+        h = tos[0]
+        tos[0] = Header(h.name, h.key, f"{h.value};tag={random_hex(6)}")
+    return Response(200, _OK, [*vias, *froms, *tos, *call_ids, *cseqs, *extra])
+
+
+_flow_timer_headers: dict[int, Header] = {}
+
+
+def _flow_timer_header(seconds: int) -> Header:
+    header = _flow_timer_headers.get(seconds)
+    if header is None:
+        if len(_flow_timer_headers) >= 16:
+            _flow_timer_headers.clear()
+        header = _flow_timer_headers[seconds] = Header("Flow-Timer", "flow-timer", str(seconds))
+    return header
+
+
+_date_header_cache: Header = Header("Date", "date", "")
+_date_second = -1
+
+
+def _date_header(now: float) -> Header:
+    """RFC 3261 §20.17 Date, formatted once per second (it is on every 200 OK)."""
+    global _date_header_cache, _date_second
+    second = int(now)
+    if second != _date_second:
+        _date_header_cache = Header("Date", "date", email.utils.formatdate(second, usegmt=True))
+        _date_second = second
+    return _date_header_cache
 
 
 def _hostport(addr: tuple[str, int]) -> str:
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-_date_cache: tuple[int, str] = (-1, "")
-
-
-def _http_date(now: float) -> str:
-    """RFC 3261 §20.17 Date, formatted once per second (it is on every 200 OK)."""
-    global _date_cache
-    second = int(now)
-    if _date_cache[0] != second:
-        _date_cache = (second, email.utils.formatdate(second, usegmt=True))
-    return _date_cache[1]

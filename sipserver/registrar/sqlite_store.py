@@ -7,7 +7,8 @@ sent for a binding that is not on disk, and durability costs one commit per batc
 
 Invariants:
 - One table, ``bindings``, one row per binding, keyed by ``BindingKey.text``; the row holds the
-  binding as JSON (``Binding.to_record``) plus ``aor`` and ``expires_at`` columns for SQL.
+  binding as JSON (``Binding.to_record``, written by ``record_json``) plus ``aor`` and
+  ``expires_at`` columns for SQL.
 - ``write_batch`` is one transaction: all of the batch is on disk, or none of it.
 - WAL journal with ``synchronous=FULL`` by default: a commit is durable against power loss
   (the WAL is fsynced at each commit, i.e. once per batch) and readers never block the writer.
@@ -29,7 +30,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
-from .binding import Binding, BindingKey
+from .binding import Binding, BindingKey, record_json
 from .store import Change, Put
 
 __all__ = [
@@ -138,18 +139,22 @@ class SqlitePersistence:
         if not changes:
             return
         final: dict[BindingKey, Change] = {}
+        pop = final.pop
         for change in changes:
-            final.pop(change.key, None)  # keep batch order for the surviving change
-            final[change.key] = change
+            key = change.key
+            pop(key, None)  # keep batch order for the surviving change
+            final[key] = change
         puts: list[tuple[str, str, float, str]] = []
         deletes: list[tuple[str]] = []
         for key, change in final.items():
+            text = key.text
             if isinstance(change, Put):
                 b = change.binding
-                record = json.dumps(b.to_record(), separators=(",", ":"))
-                puts.append((key.text, b.aor, b.expires_at, record))
+                # The record is built straight as text (the same JSON as to_record's), and the
+                # key text is reused in it rather than rendered twice.
+                puts.append((text, b.aor, b.expires_at, record_json(b, text)))
             else:
-                deletes.append((key.text,))
+                deletes.append((text,))
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")

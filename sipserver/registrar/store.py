@@ -112,7 +112,8 @@ class LocationStore:
         if not keys:
             return []
         live = [b for b in map(self._bindings.__getitem__, keys) if b.expires_at > now]
-        live.sort(key=_order)
+        if len(live) > 1:
+            live.sort(key=_order)
         return live
 
     def lookup_instance(self, aor: str, instance_id: str, now: float) -> list[Binding]:
