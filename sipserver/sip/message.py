@@ -183,12 +183,27 @@ class Message:
             first = self._build_index()
         return header_key(name) in first
 
-    def _changed(self) -> None:
+    def _changed(self, key: str | None = None) -> None:
+        """Drop what an edit made stale: always the index and the received bytes; the typed
+        views only of header ``key`` (all of them when ``key`` is None)."""
         self._first = self._more = None
         self._head = None
-        self._cache.clear()
-        self._vias = self._cseq = self._from = self._to = None
-        self._contacts = None
+        if key is None:
+            self._cache.clear()
+            self._vias = self._cseq = self._from = self._to = None
+            self._contacts = None
+            return
+        self._cache.pop(key, None)
+        if key == "via":
+            self._vias = None
+        elif key == "cseq":
+            self._cseq = None
+        elif key == "from":
+            self._from = None
+        elif key == "to":
+            self._to = None
+        elif key == "contact":
+            self._contacts = None
 
     def add_header(self, name: str, value: str, *, top: bool = False) -> None:
         """Add a header line. ``top``: before the first line of the same header (Via,
@@ -255,7 +270,7 @@ class Message:
                     continue
                 values[0] = value
                 self.headers[i] = Header(h.name, key, ", ".join(values))
-                self._changed()
+                self._changed(key)
                 return
         raise KeyError(name)
 
