@@ -26,7 +26,7 @@ from ..sip import ParseError, Request, Response, make_ack_for_non2xx
 from ..sip.build import MAGIC_COOKIE
 from .errors import TransactionError
 from .events import Action, DeliverResponse, Send, Timeout, TransportError
-from .machine import Input, TransactionMachine, TransactionState, Transitions, classify_status
+from .machine import Input, TransactionMachine, TransactionState, Transitions
 from .timers import TimerConfig
 
 St = TransactionState
@@ -89,10 +89,7 @@ class _ClientTransaction(TransactionMachine):
 
     def on_response(self, response: Response, now: float) -> list[Action]:
         """A response matched to this transaction arrived."""
-        event = classify_status(response.status)
-        if event is None:
-            return []
-        return self._input(event, response, now)
+        return self._response_input(response, now)
 
     def on_transport_error(self, now: float) -> list[Action]:
         """Sending the request (or the ACK) failed, or its connection closed (§17.1.4)."""

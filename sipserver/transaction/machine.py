@@ -26,6 +26,7 @@ from typing import ClassVar, Protocol
 
 import attrs
 
+from ..sip.message import Response
 from .events import Action, Terminated
 from .timers import TimerConfig
 
@@ -141,6 +142,14 @@ class TransactionMachine:
         return actions
 
     # ------------------------------------------------------------------ for subclasses
+    def _response_input(self, response: Response, now: float) -> list[Action]:
+        """Feed a response (received by a client, sent by the core through a server) by its
+        class; a status outside 100-699 is no input at all."""
+        event = classify_status(response.status)
+        if event is None:
+            return []
+        return self._input(event, response, now)
+
     def _input(self, event: Input, message: object, now: float) -> list[Action]:
         """Feed a non-timer input, then fire whatever became due (zero-length timers)."""
         actions = self._step(event, message, now)

@@ -32,7 +32,7 @@ from ..sip import ParseError, Request, Response, make_response
 from ..sip.build import MAGIC_COOKIE
 from .errors import TransactionError
 from .events import Action, DeliverRequest, Send, Timeout, TransportError
-from .machine import Input, TransactionMachine, TransactionState, Transitions, classify_status
+from .machine import Input, TransactionMachine, TransactionState, Transitions
 from .timers import TimerConfig
 
 St = TransactionState
@@ -107,10 +107,7 @@ class _ServerTransaction(TransactionMachine):
     def send_response(self, response: Response, now: float) -> list[Action]:
         """The core answers. Returns ``[Send(response), ...]`` when the state allows it, ``[]``
         when it does not (a response after the final one, a status outside 100-699)."""
-        event = classify_status(response.status)
-        if event is None:
-            return []
-        return self._input(event, response, now)
+        return self._response_input(response, now)
 
     def on_transport_error(self, now: float) -> list[Action]:
         """Sending a response failed or the connection closed (§17.2.4)."""
