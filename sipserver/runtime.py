@@ -435,8 +435,8 @@ class Server:
             await self._parse_error(flow, err)
             return
         lim = self.cfg.limits
-        if len(msg.headers) > lim.max_headers or len(msg.header_values("via")) > lim.max_vias:
-            what = "headers" if len(msg.headers) > lim.max_headers else "Via values"
+        if msg.header_count() > lim.max_headers or len(msg.vias) > lim.max_vias:
+            what = "headers" if msg.header_count() > lim.max_headers else "Via values"
             limit = lim.max_headers if what == "headers" else lim.max_vias
             await self._parse_error(flow, ParseError(f"too many {what} (limit {limit})", 400, msg))
             return
