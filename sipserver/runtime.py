@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import heapq
 import ipaddress
+import itertools
 import logging
 import os
 import signal
@@ -89,8 +91,9 @@ from .sip import (
     reason_phrase,
 )
 from .sip.build import MAGIC_COOKIE
-from .sip.randomness import random_hex
 from .sip.framer import FramingError
+from .sip.randomness import random_hex
+from .sip.uri import parse_uri
 from .transaction import (
     DeliverResponse,
     InviteClientTransaction,
@@ -225,6 +228,8 @@ class Server:
         self._timer_scope: trio.CancelScope | None = None
         self._pending_writes: list[Any] = []
         self._pending_replies: list[tuple[Any, Response]] = []
+        self._context_deadlines: list[tuple[float, int, ProxyJob]] = []
+        self._heap_seq = itertools.count()
         self._local_uris: dict[tuple[Transport, tuple[str, int]], SipURI] = {}
         self._write_event = trio.Event()
         self._batch_done: trio.Event = trio.Event()
@@ -848,6 +853,8 @@ class Server:
                 self.jobs_by_server_txn.pop(id(job.server_txn), None)
         deadline = job.context.next_deadline()
         if deadline is not None:
+            # lazy-deletion heap: stale entries are skipped when popped (timer loop)
+            heapq.heappush(self._context_deadlines, (deadline, next(self._heap_seq), job))
             self._wake_timer(deadline)
 
     def _remove_binding(self, key: Any) -> list[Any]:
@@ -903,7 +910,7 @@ class Server:
             return
         req = job.request.copy()
         if dest.request_uri != req.uri_text:
-            req.uri = _parse_ruri(dest.request_uri)
+            req.uri = parse_uri(dest.request_uri)
         if dest.route_set:
             existing = req.header_values("route")
             req.remove_header("route")
@@ -930,14 +937,11 @@ class Server:
         owner = self.branch_owner.get(id(ctxn))
         for action in actions:
             if isinstance(action, Send):
-                ok = await self.send(ctxn.context, action.message)
-                if not ok and owner is not None:
-                    now = trio.current_time()
-                    more = ctxn.on_transport_error(now)
+                if not await self.send(ctxn.context, action.message) and owner is not None:
+                    # RFC 3261 §17.1.4 / RFC 5626 §7: a send that fails is a failed branch now
+                    ctxn.on_transport_error(trio.current_time())
                     self._forget_client(ctxn)
-                    job, branch_id = owner
-                    await self._run_context(job, job.context.on_branch_failed(branch_id, BranchFailure.TRANSPORT, now))
-                    del more
+                    await self._branch_event(owner, BranchFailure.TRANSPORT)
                     return
             elif isinstance(action, DeliverResponse):
                 if owner is not None:
@@ -945,17 +949,19 @@ class Server:
                     await self._run_context(job, job.context.on_response(branch_id, action.response, trio.current_time()))
             elif isinstance(action, Timeout):
                 if owner is not None:
-                    job, branch_id = owner
-                    await self._run_context(job, job.context.on_branch_failed(branch_id, BranchFailure.TIMEOUT, trio.current_time()))
+                    await self._branch_event(owner, BranchFailure.TIMEOUT)
             elif isinstance(action, TransportError):
                 if owner is not None:
-                    job, branch_id = owner
-                    await self._run_context(job, job.context.on_branch_failed(branch_id, BranchFailure.TRANSPORT, trio.current_time()))
+                    await self._branch_event(owner, BranchFailure.TRANSPORT)
             elif isinstance(action, Terminated):
                 self._forget_client(ctxn)
         deadline = ctxn.next_deadline()
         if deadline is not None:
             self._wake_timer(deadline)
+
+    async def _branch_event(self, owner: tuple[ProxyJob, int], cause: BranchFailure) -> None:
+        job, branch_id = owner
+        await self._run_context(job, job.context.on_branch_failed(branch_id, cause, trio.current_time()))
 
     def _forget_client(self, ctxn: Any) -> None:
         self.transactions.remove(ctxn)
@@ -1032,7 +1038,7 @@ class Server:
             except (ConnectFailed, FlowGone):
                 return
         if dest.request_uri != req.uri_text:
-            req.uri = _parse_ruri(dest.request_uri)
+            req.uri = parse_uri(dest.request_uri)
         req.add_header("Via", self.via_for(target, _branch_for(req)), top=True)
         await self.send(target, req)
 
@@ -1088,10 +1094,8 @@ class Server:
             d = self.transactions.next_deadline()
             if d is not None:
                 nxt = min(nxt, d)
-            for job in list(self.jobs_by_server_txn.values()):
-                d = job.context.next_deadline()
-                if d is not None:
-                    nxt = min(nxt, d)
+            if self._context_deadlines:
+                nxt = min(nxt, self._context_deadlines[0][0])
             with trio.CancelScope(deadline=nxt) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
@@ -1102,9 +1106,11 @@ class Server:
                     await self._run_client_actions(txn, actions)
                 else:
                     await self._run_server_actions(txn, actions)
-            for job in list(self.jobs_by_server_txn.values()):
+            heap = self._context_deadlines
+            while heap and heap[0][0] <= now:
+                _, _, job = heapq.heappop(heap)
                 d = job.context.next_deadline()
-                if d is not None and d <= now:
+                if d is not None and d <= now and not job.context.finished:
                     await self._run_context(job, job.context.handle_timer(now))
             wall = time.time()
             expired = self.store.expire(wall)
@@ -1179,14 +1185,9 @@ def _branch_for(req: Request) -> str:
     return f"{MAGIC_COOKIE}sv{_loop_hash(req)}.{random_hex(5)}"
 
 
-def _parse_ruri(text: str) -> Any:
-    from .sip.uri import parse_uri
-
-    return parse_uri(text)
-
-
 def _group_targets(dests: list[Dest]) -> list[Target]:
-    """RFC 5626 §7: one target per +sip.instance, its flows in ascending reg-id (OB-AP-01/04)."""
+    """RFC 5626 §7: one target per +sip.instance, its flows in ascending reg-id (OB-AP-01/04);
+    a binding without instance (or not outbound) is a target of its own."""
     by_instance: dict[tuple[str, str], list[Dest]] = {}
     singles: list[Target] = []
     for d in dests:
@@ -1194,20 +1195,17 @@ def _group_targets(dests: list[Dest]) -> list[Target]:
         if b is not None and b.instance_id and b.outbound:
             by_instance.setdefault((b.aor, b.instance_id), []).append(d)
         else:
-            q = b.q if b is not None else 1.0
-            singles.append(Target((Candidate(ref=d, q=q, binding_key=b.key if b else None, label=d.request_uri),)))
-    targets: list[Target] = []
-    for group in by_instance.values():
-        group.sort(key=lambda d: (d.binding.reg_id or 0) if d.binding else 0)
-        targets.append(
-            Target(
-                tuple(
-                    Candidate(ref=d, q=d.binding.q if d.binding else 1.0, binding_key=d.binding.key if d.binding else None, label=d.request_uri)
-                    for d in group
-                )
-            )
-        )
+            singles.append(Target((_candidate(d),)))
+    targets = [
+        Target(tuple(_candidate(d) for d in sorted(group, key=lambda d: d.binding.reg_id or 0 if d.binding else 0)))
+        for group in by_instance.values()
+    ]
     return targets + singles
+
+
+def _candidate(d: Dest) -> Candidate:
+    b = d.binding
+    return Candidate(ref=d, q=b.q if b is not None else 1.0, binding_key=b.key if b is not None else None, label=d.request_uri)
 
 
 def _local_addresses(v6: bool) -> list[str]:
@@ -1246,12 +1244,7 @@ def _default_host(v6: bool) -> str:
 
 async def serve_config(cfg: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Run a server until cancelled (tests start it with ``nursery.start``)."""
-    server = Server(cfg)
-    try:
-        await server.run(task_status=task_status)
-    finally:
-        with trio.CancelScope(shield=True):
-            await server.shutdown()
+    await _serve(Server(cfg), task_status=task_status)
 
 
 def run(cfg: Config) -> int:
@@ -1280,9 +1273,10 @@ def run(cfg: Config) -> int:
     return 0
 
 
-async def _serve(server: Server) -> None:
+async def _serve(server: Server, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run until cancelled, then flush the store (shielded, so a cancelled run still saves)."""
     try:
-        await server.run()
+        await server.run(task_status=task_status)
     finally:
         with trio.CancelScope(shield=True):
             await server.shutdown()

@@ -117,17 +117,17 @@ class Message:
         self._head = None
         return hdrs
 
-    def header_count(self) -> int:
-        """Number of header lines, without making ``Header`` objects (limits check)."""
-        if self._headers is None and self._lines is not None:
-            return len(self._lines)
-        return len(self.headers)
-
     @headers.setter
     def headers(self, value: list[Header]) -> None:
         self._headers = value
         self._lines = None
         self._changed()
+
+    def header_count(self) -> int:
+        """Number of header lines, without making ``Header`` objects (limits check)."""
+        if self._headers is None and self._lines is not None:
+            return len(self._lines)
+        return len(self.headers)
 
     # ------------------------------------------------------------------ raw access
     def _build_index(self) -> dict[str, str]:

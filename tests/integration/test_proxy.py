@@ -254,3 +254,24 @@ async def test_subscribe_notify_publish_message_routed(tmp_path: Path) -> None:
             assert got.method == method
             await bob.send(response_to(got, 200, "OK", to_tag="z"))
             assert (await final_for(alice, method)).status == 200
+
+
+async def test_timer_c_gives_408_when_callee_never_answers(tmp_path: Path) -> None:
+    """PX-08 (RFC 3261 §16.6 step 11 / §16.8): timer C expiring on a branch with no provisional
+    ends it as 408; with a provisional it is CANCELled."""
+    async with running_server(tmp_path, proxy={"timer_c": 1.0}) as server:
+        silent = await UdpUA.open(addr(server, "udp"))
+        await reg(silent, "bob", supported=None)
+        alice = await UdpUA.open(addr(server, "udp"))
+        await alice.send(request(alice, "INVITE", "sip:bob@example.com"))
+        inv = await silent.recv_request()  # received, never answered
+        assert inv.method == "INVITE"
+        resp = await final_for(alice)
+        assert resp.status == 408
+        ringing = await UdpUA.open(addr(server, "udp"))
+        await reg(ringing, "carl", supported=None)
+        await alice.send(request(alice, "INVITE", "sip:carl@example.com"))
+        inv2 = await ringing.recv_request()
+        await ringing.send(response_to(inv2, 180, "Ringing", to_tag="c"))
+        cancel = await ringing.recv_request(timeout=4.0)
+        assert cancel.method == "CANCEL"
