@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import heapq
 import ipaddress
-import itertools
 import logging
 import os
 import signal
@@ -228,8 +226,6 @@ class Server:
         self._timer_scope: trio.CancelScope | None = None
         self._pending_writes: list[Any] = []
         self._pending_replies: list[tuple[Any, Response]] = []
-        self._context_deadlines: list[tuple[float, int, ProxyJob]] = []
-        self._heap_seq = itertools.count()
         self._local_uris: dict[tuple[Transport, tuple[str, int]], SipURI] = {}
         self._write_event = trio.Event()
         self._batch_done: trio.Event = trio.Event()
@@ -853,8 +849,6 @@ class Server:
                 self.jobs_by_server_txn.pop(id(job.server_txn), None)
         deadline = job.context.next_deadline()
         if deadline is not None:
-            # lazy-deletion heap: stale entries are skipped when popped (timer loop)
-            heapq.heappush(self._context_deadlines, (deadline, next(self._heap_seq), job))
             self._wake_timer(deadline)
 
     def _remove_binding(self, key: Any) -> list[Any]:
@@ -1094,8 +1088,12 @@ class Server:
             d = self.transactions.next_deadline()
             if d is not None:
                 nxt = min(nxt, d)
-            if self._context_deadlines:
-                nxt = min(nxt, self._context_deadlines[0][0])
+            # Live response contexts only (a job leaves the dict when its context is done); a
+            # heap would keep finished jobs alive until their timer C deadline.
+            for job in self.jobs_by_server_txn.values():
+                d = job.context.next_deadline()
+                if d is not None and d < nxt:
+                    nxt = d
             with trio.CancelScope(deadline=nxt) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
@@ -1106,11 +1104,9 @@ class Server:
                     await self._run_client_actions(txn, actions)
                 else:
                     await self._run_server_actions(txn, actions)
-            heap = self._context_deadlines
-            while heap and heap[0][0] <= now:
-                _, _, job = heapq.heappop(heap)
+            for job in list(self.jobs_by_server_txn.values()):
                 d = job.context.next_deadline()
-                if d is not None and d <= now and not job.context.finished:
+                if d is not None and d <= now:
                     await self._run_context(job, job.context.handle_timer(now))
             wall = time.time()
             expired = self.store.expire(wall)
