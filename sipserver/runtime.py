@@ -35,6 +35,7 @@ from .auth.credentials import CredentialStore
 from .auth.digest import DigestAuthenticator, parse_credentials
 from .auth.limits import FailureBan, TokenBucketLimiter
 from .config import Config
+from .mgmt.logbudget import LogBudget
 from .mgmt.metrics import Metrics
 from .mgmt.trace import Tracer
 from .outbound.flow import Flow, Transport
@@ -234,6 +235,9 @@ class Server:
         self.tracer = Tracer()  # mgmt: POST /trace filters
         self.mgmt_address: tuple[str, int] | None = None  # bound mgmt listener (port 0 resolved)
         self.udp_local: dict[int, tuple[str, int]] = {}
+        # Per-event INFO lines (bindings, closed flows) are capped per second; see logbudget.
+        self._reg_log_budget = LogBudget(reg_log, "binding")
+        self._flow_log_budget = LogBudget(flow_log, "flow closed")
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -385,7 +389,8 @@ class Server:
 
     def on_flow_closed(self, flow: Flow, cause: str) -> None:
         """RFC 5626 §5.3.1 / §6: a dead flow removes its bindings and fails over pending branches."""
-        flow_log.info("flow closed %s (%s)", flow.id, cause)
+        if self._flow_log_budget.allow():
+            flow_log.info("flow closed %s (%s)", flow.id, cause)
         self.metrics.flow_closed(flow, cause)
         self.authenticated_flows.pop(flow, None)
         try:
@@ -396,7 +401,8 @@ class Server:
             changes = self.store.remove_flow(token, StoreRemoval.FLOW_FAILED)
             if changes:
                 for ch in changes:
-                    reg_log.info("binding removed: %s (flow %s %s)", _key_text(ch), flow.id, cause)
+                    if self._reg_log_budget.allow():
+                        reg_log.info("binding removed: %s (flow %s %s)", _key_text(ch), flow.id, cause)
                 self._queue_writes(changes)
                 self.metrics.flow_failed(cause)
         pending = self.branches_by_flow.pop(flow, None)
@@ -480,7 +486,7 @@ class Server:
             changes["rport"] = str(src_port)
             changes.setdefault("received", src_ip)
         if changes:
-            req.replace_first_value("via", via.with_params(**changes).raw)
+            req.replace_top_via(via.with_params(**changes))
 
     async def _on_request(self, req: Request, flow: Flow) -> None:
         self._count(f"requests_{req.method}" if req.method in KNOWN_METHODS else "requests_other")
@@ -621,7 +627,7 @@ class Server:
             self.authenticated_flows[flow] = user
         result = self.registrar.handle(req, flow, now=time.time(), local_uri=self.local_uri(flow))
         for ev in result.events:
-            _log_binding_event(ev, flow)
+            _log_binding_event(ev, flow, self._reg_log_budget)
         if result.outbound_flow:
             # RFC 5626 §5.4: the flow is dead after Flow-Timer plus a grace period of silence.
             self.flows.set_idle_limit(flow, self.cfg.registrar.flow_timer + self.cfg.proxy.keepalive_grace)
@@ -1108,11 +1114,14 @@ class Server:
                 d = job.context.next_deadline()
                 if d is not None and d <= now:
                     await self._run_context(job, job.context.handle_timer(now))
+            self._reg_log_budget.tick()
+            self._flow_log_budget.tick()
             wall = time.time()
             expired = self.store.expire(wall)
             if expired:
                 for ch in expired:
-                    reg_log.info("binding expired: %s", _key_text(ch))
+                    if self._reg_log_budget.allow():
+                        reg_log.info("binding expired: %s", _key_text(ch))
                 self._queue_writes(expired)
 
     def _count(self, name: str) -> None:
@@ -1121,11 +1130,12 @@ class Server:
 
 # ---------------------------------------------------------------------------- helpers
 
-def _log_binding_event(ev: Any, flow: Flow) -> None:
-    """One line per significant binding event (added, replaced, removed); refreshes at debug."""
+def _log_binding_event(ev: Any, flow: Flow, budget: LogBudget) -> None:
+    """One line per significant binding event (added, replaced, removed) within the log budget;
+    refreshes at debug."""
     kind = type(ev).__name__.removeprefix("Binding").lower()
     level = logging.DEBUG if kind == "refreshed" else logging.INFO
-    if reg_log.isEnabledFor(level):
+    if budget.allow(level):
         key = getattr(ev, "key", None)
         text = key.text if hasattr(key, "text") else str(key)
         cause = getattr(ev, "cause", None)

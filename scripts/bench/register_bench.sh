@@ -23,7 +23,8 @@
 # udp_rcvbuf_drops counts datagrams the kernel dropped on full UDP receive buffers during the
 # run (host-wide counter: a server falling behind on UDP).
 # Exit: 0 ran (failures are reported, not fatal), 1 setup error, 2 sipp missing / bad usage.
-# KEEP_WORK=1 keeps the temp dir (server log, sipp stats and error logs).
+# KEEP_WORK=1 keeps the temp dir (server log, sipp stats and error logs). BENCH_EXTRA_TOML is
+# appended to the server's configuration (e.g. a [store] table, to compare settings).
 set -euo pipefail
 . "$(dirname "$0")/_sipp_common.sh"
 
@@ -57,6 +58,8 @@ enabled = false
 [limits]
 max_connections = 100000
 max_connections_per_ip = 100000
+
+${BENCH_EXTRA_TOML:-}
 EOF
 )"
 echo "server pid $SERVER_PID on 127.0.0.1:$SERVER_PORT ($(server_cmd)), work dir $WORK" >&2

@@ -579,7 +579,7 @@ def _own_path_parts(local_uri: SipURI) -> tuple[str, str, str]:
 
 
 # The request headers a response copies (RFC 3261 §8.2.6.2).
-_COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})
+_COPIED = ("via", "from", "to", "call-id", "cseq")
 
 # Header lines every 200 OK may carry. ``Header`` objects are never changed in place (a message
 # edit replaces them), so one object can sit in any number of responses.
@@ -590,33 +590,18 @@ _SUPPORTED_GRUU = Header("Supported", "supported", "path, outbound, gruu")
 
 
 def _ok_response(req: Request, extra: list[Header]) -> Response:
-    """``make_response(req, 200, to_tag=random_hex(6), headers=extra)``, the same message, in
-    one pass over the request's header lines instead of one per copied header (this is on
-    every REGISTER). Via, From, To, Call-ID and CSeq lines are copied as received (the very
-    ``Header`` objects: they are never changed in place), grouped in that order; To gets a tag
-    unless it has one (the To view was parsed already, so it answers that)."""
-    vias: list[Header] = []
-    froms: list[Header] = []
-    tos: list[Header] = []
-    call_ids: list[Header] = []
-    cseqs: list[Header] = []
-    for h in req.headers:
-        key = h.key
-        if key in _COPIED:
-            if key == "via":
-                vias.append(h)
-            elif key == "from":
-                froms.append(h)
-            elif key == "to":
-                tos.append(h)
-            elif key == "call-id":
-                call_ids.append(h)
-            else:
-                cseqs.append(h)
-    if tos and not req.to.has_param("tag"):
-        h = tos[0]
-        tos[0] = Header(h.name, h.key, f"{h.value};tag={random_hex(6)}")
-    return Response(200, _OK, [*vias, *froms, *tos, *call_ids, *cseqs, *extra])
+    """``make_response(req, 200, to_tag=random_hex(6), headers=extra)``, the same message, built
+    without making ``Header`` objects for the request lines it does not copy (this is on every
+    REGISTER). To gets a tag unless it has one (the To view was parsed already, so it answers
+    that)."""
+    hdrs = req.copy_header_lines(_COPIED)
+    if not req.to.has_param("tag"):
+        for i, h in enumerate(hdrs):
+            if h.key == "to":
+                hdrs[i] = Header(h.name, h.key, f"{h.value};tag={random_hex(6)}")
+                break
+    hdrs.extend(extra)
+    return Response(200, _OK, hdrs)
 
 
 _flow_timer_headers: dict[int, Header] = {}

@@ -85,7 +85,11 @@ def new_tag() -> str:
 
 
 def _copy(src: Message, key: str) -> list[Header]:
-    return [Header(h.name, h.key, h.value, h.raw) for h in src.headers if h.key == key]
+    return src.copy_header_lines((key,))
+
+
+_RESPONSE_COPIED = ("via", "from", "to", "call-id", "cseq")
+_TRYING_COPIED = (*_RESPONSE_COPIED, "timestamp")
 
 
 def _has_tag(to_value: str) -> bool:
@@ -111,11 +115,7 @@ def make_response(
     ``to_tag`` is added to To when To has none and the status is above 100.
 
     Works on a partially valid request too (the ParseError path), copying what is there."""
-    hdrs: list[Header] = []
-    for key in ("via", "from", "to", "call-id", "cseq"):
-        hdrs.extend(_copy(request, key))
-    if status == 100:
-        hdrs.extend(_copy(request, "timestamp"))
+    hdrs = request.copy_header_lines(_TRYING_COPIED if status == 100 else _RESPONSE_COPIED)
     if to_tag is not None and status > 100:
         for i, h in enumerate(hdrs):
             if h.key == "to":

@@ -35,6 +35,7 @@ from .headers import (
     header_key,
     header_name_key,
     parse_option_tags,
+    raw_key_cache,
     split_commas,
     unfold,
 )
@@ -42,6 +43,16 @@ from .uri import URI, parse_uri
 
 ENC = "utf-8"
 ERRORS = "surrogateescape"
+
+
+def _split_line(raw: str) -> tuple[str, str, str]:
+    """(name as written, key, value stripped) of one raw header line the parser accepted."""
+    line = unfold(raw) if "\r\n" in raw else raw
+    name, _, value = line.partition(": ")
+    if name not in raw_key_cache:  # no ": " after the name (see the parser's _index)
+        name, _, value = line.partition(":")
+    name, key = header_name_key(name, line)  # a cache hit for every line the parser saw
+    return name, key, value.strip()
 
 
 class Header:
@@ -134,6 +145,23 @@ class Message:
         """Index the header list (after edits, or for a message built from headers)."""
         first: dict[str, str] = {}
         more: dict[str, list[str]] | None = None
+        if self._headers is None:
+            # Raw lines edited in place of a materialised list (``replace_top_via``).
+            for line in self._lines or ():
+                name, key, value = _split_line(line)
+                if key in first:
+                    if more is None:
+                        more = {}
+                    lst = more.get(key)
+                    if lst is None:
+                        more[key] = [first[key], value]
+                    else:
+                        lst.append(value)
+                else:
+                    first[key] = value
+            self._first = first
+            self._more = more
+            return first
         for h in self.headers:
             key = h.key
             if key in first:
@@ -279,6 +307,74 @@ class Message:
                 self._changed(key)
                 return
         raise KeyError(name)
+
+    def replace_top_via(self, via: Via) -> None:
+        """Replace the first Via value by ``via`` (RFC 3261 §18.2.1 received/rport).
+
+        Every request gets this edit, so on a message whose ``Header`` objects were never made
+        it edits the raw line list (a copy: lists are shared with copies) and keeps every other
+        line, the index of the other headers and the other views; ``to_bytes`` then joins the
+        lines instead of reusing the received bytes."""
+        lines = self._lines
+        if self._headers is not None or lines is None:
+            self.replace_first_value("via", via.raw)
+            vias = self._vias = list(self.vias)
+            vias[0] = via
+            return
+        skipped = False
+        for i, raw in enumerate(lines):
+            name, key, value = _split_line(raw)
+            if key != "via":
+                continue
+            values = split_commas(value)
+            if not values:
+                skipped = True
+                continue
+            values[0] = via.raw
+            joined = ", ".join(values)
+            lines = list(lines)
+            lines[i] = f"{name}: {joined}"
+            self._lines = lines
+            self._head = None
+            first, more = self._first, self._more
+            if first is None or skipped:
+                self._first = self._more = None  # rebuilt from the lines on next use
+            else:
+                # The index is shared with copies too: patch copies of it.
+                first = self._first = dict(first)
+                first["via"] = joined
+                if more is not None and "via" in more:
+                    more = self._more = dict(more)
+                    more["via"] = [joined, *more["via"][1:]]
+            vias = self._vias
+            if vias is not None:
+                vias = self._vias = list(vias)
+                vias[0] = via
+            return
+        raise KeyError("via")
+
+    def copy_header_lines(self, keys: Sequence[str]) -> list[Header]:
+        """New ``Header`` objects for the lines of the headers ``keys`` (lower-case, expanded),
+        grouped in the order of ``keys`` and in message order within a group, each line kept
+        as received. Does not make ``Header`` objects for the other lines."""
+        groups: dict[str, list[Header]] = {k: [] for k in keys}
+        if self._headers is not None or self._lines is None:
+            for h in self.headers:
+                g = groups.get(h.key)
+                if g is not None:
+                    g.append(Header(h.name, h.key, h.value, h.raw))
+        else:
+            for raw in self._lines:
+                name, key, value = _split_line(raw)
+                g = groups.get(key)
+                if g is not None:
+                    g.append(Header(name, key, value, raw))
+        if len(groups) == 1:
+            return groups[keys[0]]
+        out: list[Header] = []
+        for g in groups.values():
+            out.extend(g)
+        return out
 
     # ------------------------------------------------------------------ typed views
     def _single(self, key: str) -> str:
@@ -452,9 +548,12 @@ class Message:
             )
         lines = [self.start_line()]
         append = lines.append
-        for h in self.headers:
-            raw = h.raw
-            append(raw if raw is not None else f"{h.name}: {h.value}")
+        if self._headers is None and self._lines is not None:
+            lines.extend(self._lines)
+        else:
+            for h in self.headers:
+                raw = h.raw
+                append(raw if raw is not None else f"{h.name}: {h.value}")
         if not self.has_header("content-length"):
             lines.append(f"Content-Length: {len(self.body)}")
         lines.append("")

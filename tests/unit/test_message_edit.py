@@ -321,3 +321,58 @@ def test_malformed_edit_shows_through_views_only() -> None:
     with pytest.raises(ParseError):
         req.cseq  # noqa: B018
     assert b"CSeq: not a cseq\r\n" in req.to_bytes()
+
+
+@pytest.mark.parametrize("materialised", [False, True])
+def test_replace_top_via_touches_one_line(materialised: bool) -> None:
+    """RFC 3581 §4 on the hot path: ``replace_top_via`` edits the raw lines of a message whose
+    Header objects were never made; the output is the same as with a materialised header list,
+    and later reads and edits see the new value."""
+    data = vector("rfc4475", "wsinv.dat")
+    req = parse_message(data)
+    if materialised:
+        assert req.headers  # makes the Header objects
+    old_vias = [v.raw for v in req.vias]
+    via = req.top_via.with_params(received="198.51.100.7", rport="5070")
+    req.replace_top_via(via)
+    start, lines, body = split_message(data)
+    i = first(lines, "via")
+    assert i is not None
+    new_line = f"{written_name(lines[i])}: SIP/2.0/UDP 192.0.2.2;branch=390skdjuw;received=198.51.100.7;rport=5070"
+    lines[i] = new_line
+    assert req.to_bytes() == join(start, lines, body)
+    assert req.top_via is via and req.top_via.rport == 5070
+    assert [v.raw for v in req.vias][1:] == old_vias[1:]
+    assert req.header_values("via")[0] == via.raw
+    assert req.header("call-id") is not None and req.cseq.method == "INVITE"
+    # the parse of the serialised message agrees
+    again = parse_message(req.to_bytes())
+    assert again.top_via.received == "198.51.100.7" and len(again.vias) == len(old_vias)
+    # later edits start from the edited lines
+    assert req.pop_first_value("via") == via.raw
+    assert [v.raw for v in req.vias] == old_vias[1:]
+
+
+def test_replace_top_via_leaves_copies_alone() -> None:
+    data = vector("rfc4475", "wsinv.dat")
+    req = parse_message(data)
+    twin = req.copy()
+    req.replace_top_via(req.top_via.with_params(received="198.51.100.7"))
+    assert twin.to_bytes() == parse_message(data).to_bytes()
+    assert twin.top_via.received is None and req.top_via.received == "198.51.100.7"
+
+
+@pytest.mark.parametrize("name", example_names())
+def test_copy_header_lines_matches_the_header_list(name: str) -> None:
+    """The lines a response copies (RFC 3261 §8.2.6.2), taken from the raw lines, are the same
+    Header values as those of the materialised list, grouped in the asked order."""
+    if name == "<vectors missing>":
+        vector("rfc-examples", name)
+    data = vector("rfc-examples", name)
+    msg = parse_message(data)
+    keys = ("via", "from", "to", "call-id", "cseq")
+    got = [(h.name, h.key, h.value, h.raw) for h in msg.copy_header_lines(keys)]
+    twin = parse_message(data)
+    want = [(h.name, h.key, h.value, h.raw) for k in keys for h in twin.headers if h.key == k]
+    assert got == want
+    assert msg.to_bytes() == twin.to_bytes()  # nothing was materialised or changed

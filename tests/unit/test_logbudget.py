@@ -1,0 +1,67 @@
+"""LogBudget: per-event INFO lines capped per second, the rest summed up in one line."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from sipserver.mgmt.logbudget import LogBudget
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "test.budget"]
+
+
+def test_first_events_of_a_second_are_logged_the_rest_counted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.budget")
+    log = logging.getLogger("test.budget")
+    clock = Clock()
+    budget = LogBudget(log, "binding", per_second=3, clock=clock)
+    for i in range(10):
+        if budget.allow():
+            log.info("event %d", i)
+    assert _lines(caplog) == ["event 0", "event 1", "event 2"]
+    clock.t = 101.2
+    assert budget.allow()
+    log.info("event next second")
+    lines = _lines(caplog)
+    assert lines[3].startswith("7 more binding events in the last second were not logged")
+    assert "over 3 a second" in lines[3]
+    assert lines[4] == "event next second"
+
+
+def test_tick_writes_the_count_once_the_second_is_over(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.budget")
+    log = logging.getLogger("test.budget")
+    clock = Clock()
+    budget = LogBudget(log, "flow closed", per_second=1, clock=clock)
+    assert budget.allow()
+    assert not budget.allow()
+    assert not budget.allow()
+    budget.tick()  # same second: nothing yet
+    assert _lines(caplog) == []
+    clock.t = 103.0
+    budget.tick()
+    assert len(_lines(caplog)) == 1 and _lines(caplog)[0].startswith("2 more flow closed events")
+    budget.tick()
+    assert len(_lines(caplog)) == 1  # written once
+
+
+def test_debug_level_logs_every_event_and_disabled_level_none(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("test.budget")
+    budget = LogBudget(log, "binding", per_second=1, clock=Clock())
+    caplog.set_level(logging.DEBUG, logger="test.budget")
+    assert all(budget.allow() for _ in range(50))
+    caplog.set_level(logging.WARNING, logger="test.budget")
+    assert not budget.allow(logging.INFO)
+    budget.flush()
+    assert _lines(caplog) == []  # nothing was counted as suppressed
