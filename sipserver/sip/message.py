@@ -376,6 +376,25 @@ class Message:
             out.extend(g)
         return out
 
+    def compact(self) -> None:
+        """Drop everything derived from the header lines (``Header`` objects, index, typed
+        views), keeping the lines themselves; everything is rebuilt on next use.
+
+        A server transaction keeps its request and last response for up to 32 s after the final
+        response only to match and answer retransmissions (RFC 3261 §17.2). At thousands of
+        REGISTERs a second the parsed views of those messages were most of the objects the
+        garbage collector had to walk, and its pauses the worst latencies (docs/performance.md).
+        """
+        hdrs = self._headers
+        if hdrs is not None:
+            self._lines = [h.raw if h.raw is not None else f"{h.name}: {h.value}" for h in hdrs]
+            self._headers = None
+        # The index (strings only) stays: it describes the lines as they are.
+        if self._cache:
+            self._cache = {}
+        self._vias = self._cseq = self._from = self._to = None
+        self._contacts = None
+
     # ------------------------------------------------------------------ typed views
     def _single(self, key: str) -> str:
         first = self._first
@@ -630,6 +649,10 @@ class Request(Message):
         if self._start is not None:
             return self._start
         return f"{self.method} {self.uri_text} {self.version}"
+
+    def compact(self) -> None:
+        super().compact()
+        self._uri = None  # uri_text always holds it
 
     def copy(self) -> Request:
         """A copy whose header list can be edited without touching this one."""

@@ -118,6 +118,14 @@ class _ServerTransaction(TransactionMachine):
         self.last_response = response
         return [Send(response)]
 
+    def _send_final(self, response: Response, now: float) -> list[Action]:
+        """Send a final response. From here on the request and the response are kept only to
+        match and answer retransmissions, so both drop their parsed views (``compact``)."""
+        self.last_response = response
+        response.compact()
+        self.request.compact()
+        return [Send(response)]
+
     def _resend_last(self, request: Request, now: float) -> list[Action]:
         if self.last_response is None:
             return []
@@ -166,7 +174,7 @@ class InviteServerTransaction(_ServerTransaction):
     def _accepted(self, response: Response, now: float) -> list[Action]:
         self._disarm(In.TIMER_TRYING)
         self._arm(In.TIMER_L, now, self.timers.timer_l)
-        return self._send(response, now)
+        return self._send_final(response, now)
 
     def _rejected(self, response: Response, now: float) -> list[Action]:
         self._disarm(In.TIMER_TRYING)
@@ -174,7 +182,7 @@ class InviteServerTransaction(_ServerTransaction):
             self._interval = self.timers.timer_g
             self._arm(In.TIMER_G, now, self._interval)
         self._arm(In.TIMER_H, now, self.timers.timer_h)
-        return self._send(response, now)
+        return self._send_final(response, now)
 
     def _retransmit_final(self, message: None, now: float) -> list[Action]:
         self._interval = min(2 * self._interval, self.timers.t2)
@@ -241,7 +249,7 @@ class NonInviteServerTransaction(_ServerTransaction):
 
     def _final(self, response: Response, now: float) -> list[Action]:
         self._arm(In.TIMER_J, now, self.timers.timer_j(self.reliable))
-        return self._send(response, now)
+        return self._send_final(response, now)
 
     TRANSITIONS: ClassVar[Transitions] = {
         (St.TRYING, In.REQUEST): (TransactionMachine._nothing, St.TRYING),
