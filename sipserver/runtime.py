@@ -36,6 +36,7 @@ from .auth.digest import DigestAuthenticator, parse_credentials
 from .auth.limits import FailureBan, TokenBucketLimiter
 from .config import Config
 from .mgmt.logbudget import LogBudget
+from .store_writer import StoreWriterProcess
 from .mgmt.metrics import Metrics
 from .mgmt.trace import Tracer
 from .outbound.flow import Flow, Transport
@@ -74,10 +75,12 @@ from .registrar import (
     Put,
     Registrar,
     RegistrarSettings,
+    PersistenceError,
     SqlitePersistence,
     survives_restart,
 )
 from .registrar import RemovalCause as StoreRemoval
+from .registrar.sqlite_store import batch_rows
 from .sip import (
     NameAddr,
     ParseError,
@@ -160,8 +163,12 @@ class Server:
         previous = [parse_secret(s) for s in cfg.outbound.previous_secrets]
         self.codec = FlowTokenCodec(key, previous)
         self.identity = LocalIdentity(domains=set(cfg.server.domains))
+        # SQLite: opened here (a bad path fails at start-up) and read by ``run``; from then on
+        # a child process writes it (store_writer: SQLite off the event loop's GIL).
+        self.writer: StoreWriterProcess | None = None
         if cfg.store.backend == "sqlite":
             self.persistence: Any = SqlitePersistence(cfg.store_path)
+            self.writer = StoreWriterProcess(str(cfg.store_path))
         else:
             self.persistence = MemoryPersistence()
         self.store = LocationStore()
@@ -246,6 +253,9 @@ class Server:
         # After a restart: UDP bindings and bindings behind an external Path come back; bindings
         # tied to a connection that no longer exists are dropped (issue: registrar).
         self.store.apply([Put(b) for b in self.persistence.load(now, survives_restart)])
+        if self.writer is not None:
+            self.persistence.close()
+            await self.writer.start()
         ssl_ctx = None
         if any(s.transport in ("tls", "wss") for s in cfg.server.listen):
             ssl_ctx = make_server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca or None, cfg.tls.min_version)
@@ -636,7 +646,7 @@ class Server:
         resp = result.response
         if self.cfg.server.server_header:
             resp.add_header("Server", self.cfg.server.server_header)
-        if result.changes and not isinstance(self.persistence, MemoryPersistence):
+        if result.changes and self.writer is not None:
             # Group commit: the 200 leaves after the batch holding these changes is on disk; the
             # writer task sends it, so the connection (or the whole UDP socket) keeps reading
             # and further REGISTERs join the same batch.
@@ -654,7 +664,7 @@ class Server:
 
     async def _persist(self, changes: Sequence[Any]) -> None:
         """Group commit: wait until the batch holding these changes is written."""
-        if isinstance(self.persistence, MemoryPersistence):
+        if self.writer is None:
             return
         done = self._batch_done
         self._queue_writes(changes)
@@ -667,9 +677,11 @@ class Server:
             batch, self._pending_writes = self._pending_writes, []
             replies, self._pending_replies = self._pending_replies, []
             done, self._batch_done = self._batch_done, trio.Event()
-            if batch and not isinstance(self.persistence, MemoryPersistence):
+            if batch and self.writer is not None:
                 try:
-                    await trio.to_thread.run_sync(self.persistence.write_batch, batch)
+                    await self.writer.write_rows(*batch_rows(batch))
+                except PersistenceError as err:
+                    log.error("writing %d binding changes failed: %s", len(batch), err)
                 except Exception:
                     log.exception("writing %d binding changes failed", len(batch))
             done.set()
@@ -677,9 +689,17 @@ class Server:
                 await self._txn_respond(txn, resp)
 
     async def _flush_writes(self) -> None:
-        if self._pending_writes and not isinstance(self.persistence, MemoryPersistence):
+        """Shutdown: write what is still queued, then let the writer process exit."""
+        writer = self.writer
+        if writer is None:
+            return
+        if self._pending_writes:
             batch, self._pending_writes = self._pending_writes, []
-            self.persistence.write_batch(batch)
+            try:
+                await writer.write_rows(*batch_rows(batch))
+            except PersistenceError as err:
+                log.error("writing %d binding changes at shutdown failed: %s", len(batch), err)
+        await writer.aclose()
 
     # ------------------------------------------------------------------ proxy
     async def _proxy(self, req: Request, flow: Flow, txn: Any) -> None:

@@ -38,10 +38,16 @@ __all__ = [
     "Persistence",
     "PersistenceError",
     "SqlitePersistence",
+    "batch_rows",
     "survives_restart",
 ]
 
 SCHEMA_VERSION = 1
+
+#: A row to insert or replace: (key text, AoR, expires_at, record JSON).
+PutRow = tuple[str, str, float, str]
+#: A row to delete: (key text,).
+DeleteRow = tuple[str]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bindings (
@@ -136,25 +142,13 @@ class SqlitePersistence:
     def write_batch(self, changes: Sequence[Change]) -> None:
         """Write a batch in one transaction (group commit). Only the last change per key
         matters, so the batch is collapsed first."""
-        if not changes:
+        if changes:
+            self.write_rows(*batch_rows(changes))
+
+    def write_rows(self, puts: Sequence[PutRow], deletes: Sequence[DeleteRow]) -> None:
+        """Write rows made by ``batch_rows`` in one transaction: all of them or none."""
+        if not puts and not deletes:
             return
-        final: dict[BindingKey, Change] = {}
-        pop = final.pop
-        for change in changes:
-            key = change.key
-            pop(key, None)  # keep batch order for the surviving change
-            final[key] = change
-        puts: list[tuple[str, str, float, str]] = []
-        deletes: list[tuple[str]] = []
-        for key, change in final.items():
-            text = key.text
-            if isinstance(change, Put):
-                b = change.binding
-                # The record is built straight as text (the same JSON as to_record's), and the
-                # key text is reused in it rather than rendered twice.
-                puts.append((text, b.aor, b.expires_at, record_json(b, text)))
-            else:
-                deletes.append((text,))
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -219,6 +213,30 @@ class SqlitePersistence:
                 conn.close()
             except sqlite3.Error:
                 pass
+
+
+def batch_rows(changes: Sequence[Change]) -> tuple[list[PutRow], list[DeleteRow]]:
+    """The rows a batch of changes writes: the last change per key wins (batch order is kept
+    for the survivors). Plain tuples of strings and numbers, so a batch can be handed to another
+    process cheaply (``sipserver.store_writer``)."""
+    final: dict[BindingKey, Change] = {}
+    pop = final.pop
+    for change in changes:
+        key = change.key
+        pop(key, None)  # keep batch order for the surviving change
+        final[key] = change
+    puts: list[PutRow] = []
+    deletes: list[DeleteRow] = []
+    for key, change in final.items():
+        text = key.text
+        if isinstance(change, Put):
+            b = change.binding
+            # The record is built straight as text (the same JSON as to_record's), and the
+            # key text is reused in it rather than rendered twice.
+            puts.append((text, b.aor, b.expires_at, record_json(b, text)))
+        else:
+            deletes.append((text,))
+    return puts, deletes
 
 
 def _decode(key_text: object, record: object) -> Binding | None:

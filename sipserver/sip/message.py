@@ -83,7 +83,7 @@ class Message:
     ``_cache``."""
 
     __slots__ = (
-        "_headers", "_lines", "_first", "_more", "_head", "body", "_cache",
+        "_headers", "_lines", "_keys", "_first", "_more", "_head", "body", "_cache",
         "_vias", "_cseq", "_from", "_to", "_contacts",
     )
 
@@ -99,6 +99,7 @@ class Message:
         # several lines, None when none has); the received start line plus header lines.
         # Never changed in place, so a copy may share them. ``_first`` None: not built yet.
         self._lines: list[str] | None = None
+        self._keys: list[str] | None = None  # the key of each of ``_lines``, same order
         self._first: dict[str, str] | None = None
         self._more: dict[str, list[str]] | None = None
         self._head: bytes | None = None
@@ -124,14 +125,14 @@ class Message:
                 name, key = header_name_key(name, line)
                 hdrs.append(Header(name, key, value.strip(), raw))
             self._headers = hdrs
-            self._lines = None
+            self._lines = self._keys = None
         self._head = None
         return hdrs
 
     @headers.setter
     def headers(self, value: list[Header]) -> None:
         self._headers = value
-        self._lines = None
+        self._lines = self._keys = None
         self._changed()
 
     def header_count(self) -> int:
@@ -316,16 +317,17 @@ class Message:
         line, the index of the other headers and the other views; ``to_bytes`` then joins the
         lines instead of reusing the received bytes."""
         lines = self._lines
-        if self._headers is not None or lines is None:
+        keys = self._keys
+        if self._headers is not None or lines is None or keys is None:
             self.replace_first_value("via", via.raw)
             vias = self._vias = list(self.vias)
             vias[0] = via
             return
         skipped = False
-        for i, raw in enumerate(lines):
-            name, key, value = _split_line(raw)
+        for i, key in enumerate(keys):
             if key != "via":
                 continue
+            name, key, value = _split_line(lines[i])
             values = split_commas(value)
             if not values:
                 skipped = True
@@ -364,10 +366,15 @@ class Message:
                 if g is not None:
                     g.append(Header(h.name, h.key, h.value, h.raw))
         else:
-            for raw in self._lines:
-                name, key, value = _split_line(raw)
+            lines = self._lines
+            line_keys = self._keys
+            if line_keys is None:
+                line_keys = [_split_line(raw)[1] for raw in lines]
+            for i, key in enumerate(line_keys):
                 g = groups.get(key)
                 if g is not None:
+                    raw = lines[i]
+                    name, key, value = _split_line(raw)
                     g.append(Header(name, key, value, raw))
         if len(groups) == 1:
             return groups[keys[0]]
@@ -387,7 +394,10 @@ class Message:
         """
         hdrs = self._headers
         if hdrs is not None:
+            if self._first is None:
+                self._build_index()  # from the Header objects: cheaper than from the lines
             self._lines = [h.raw if h.raw is not None else f"{h.name}: {h.value}" for h in hdrs]
+            self._keys = [h.key for h in hdrs]
             self._headers = None
         # The index (strings only) stays: it describes the lines as they are.
         if self._cache:
@@ -588,6 +598,7 @@ class Message:
             # Rows, index and received bytes are never changed in place: share them.
             other._headers = None
             other._lines = self._lines
+            other._keys = self._keys
             other._first = self._first
             other._more = self._more
             other._head = self._head

@@ -146,20 +146,22 @@ def _headers(msg: Message, lines: list[str], head: bytes) -> None:
         index = _index([unfold(raw) if "\r\n" in raw else raw for raw in raw_lines], True)
         assert index is not None
     msg._lines = raw_lines
-    msg._first, msg._more = index
+    msg._first, msg._more, msg._keys = index
     msg._head = head
 
 
 def _index(
     lines: list[str], unfolded: bool
-) -> tuple[dict[str, str], dict[str, list[str]] | None] | None:
-    """(key -> first value, key -> all values of keys on several lines or None) of header
-    ``lines``; None if a line starts with SP/HTAB and the lines are not ``unfolded`` yet. Such
+) -> tuple[dict[str, str], dict[str, list[str]] | None, list[str]] | None:
+    """(key -> first value, key -> all values of keys on several lines or None, the key of
+    each line) of header ``lines``; None if a line starts with SP/HTAB and the lines are not ``unfolded`` yet. Such
     a line never hits the name cache (only token names get in), so noticing folding costs
     nothing on the common path."""
     first: dict[str, str] = {}
     more: dict[str, list[str]] | None = None
     key_get = raw_key_cache.get
+    keys: list[str] = []
+    keys_append = keys.append
     for line in lines:
         # Most lines read "Name: value": cutting at ": " saves stripping (and copying) the
         # value. A name is never cached with a ':' in it, so when the cut is elsewhere (no
@@ -172,6 +174,7 @@ def _index(
                 return None
             name, _, value = line.partition(":")
             key = key_get(name) or header_name_key(name, line)[1]
+        keys_append(key)
         if key in first:
             if more is None:
                 more = {}
@@ -182,7 +185,7 @@ def _index(
                 lst.append(value.strip())
         else:
             first[key] = value.strip()
-    return first, more
+    return first, more, keys
 
 
 def _join_continuations(lines: list[str]) -> list[str]:
