@@ -92,11 +92,13 @@ start_server() {
     echo "server did not start listening:" >&2; cat "$WORK/server.log" >&2; exit 1
 }
 
-# cpu_seconds PID: user+system CPU seconds the process has used so far.
+# cpu_seconds PID: user+system CPU seconds the process and its children (sipserver's SQLite
+# writer process) have used so far.
 cpu_seconds() {
+    local pids="$1 $(pgrep -P "$1" 2>/dev/null | tr '\n' ' ')"
     # fields after the ")" that ends the command name: utime is the 12th, stime the 13th
-    awk -v tck="$CLK_TCK" '{ sub(/.*\) /, ""); printf "%.2f\n", ($12 + $13) / tck }' \
-        "/proc/$1/stat"
+    for pid in $pids; do cat "/proc/$pid/stat" 2>/dev/null || true; done |
+        awk -v tck="$CLK_TCK" '{ sub(/.*\) /, ""); s += $12 + $13 } END { printf "%.2f\n", s / tck }'
 }
 
 # run_timed OUTFILE CMD...: run CMD in a subshell and write the CPU seconds its children used

@@ -20,7 +20,7 @@
 # reg_per_s = successful registrations / (last response - first response); latency is REGISTER
 # sent -> 200 received as sipp measures it (whole ms, in about 4 ms steps). server_cpu_s is the
 # server's user+system CPU during that transport's run (from /proc/PID/stat), sipp_cpu_s sipp's;
-# udp_rcvbuf_drops counts datagrams the kernel dropped on full UDP receive buffers during the
+# (server_cpu_s includes the SQLite writer child process.) udp_rcvbuf_drops counts datagrams the kernel dropped on full UDP receive buffers during the
 # run (host-wide counter: a server falling behind on UDP).
 # Exit: 0 ran (failures are reported, not fatal), 1 setup error, 2 sipp missing / bad usage.
 # KEEP_WORK=1 keeps the temp dir (server log, sipp stats and error logs). BENCH_EXTRA_TOML is

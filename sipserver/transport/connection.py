@@ -73,6 +73,10 @@ class Connection(Tracked):
         self.write_broken = False
 
     @abstractmethod
+    def write_nowait(self, data: bytes) -> int | None:
+        """Bytes written at once without waiting, or None: not supported on this transport."""
+        return None
+
     async def write(self, data: bytes, binary: bool | None = None) -> None:
         """Write one whole message (or keep-alive). ``binary`` only matters on WebSocket."""
 

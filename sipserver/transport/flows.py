@@ -390,6 +390,22 @@ class FlowTable:
         """Serialised, time-bounded write of one message on a stream connection."""
         if conn.cause is not None:
             raise FlowGone(conn.flow, conn.cause)
+        if conn.senders == 0:
+            # Nobody is writing: try to hand the whole message to the kernel at once, without
+            # the lock, timeout scope and reschedules of the path below (the common case).
+            try:
+                sent = conn.write_nowait(data)
+            except OSError as exc:
+                cause = conn.cause or cause_of(exc, conn.flow.transport)
+                self._fail(conn, cause)
+                raise FlowGone(conn.flow, cause) from exc
+            if sent is not None:
+                if sent == len(data):
+                    return
+                if sent:
+                    # The rest follows below; until it has, a cut would leave half a message.
+                    data = data[sent:]
+                    conn.write_broken = True
         lock = conn.lock
         if lock is None:
             lock = conn.lock = trio.StrictFIFOLock()
@@ -401,6 +417,7 @@ class FlowTable:
                 done = False
                 with trio.move_on_after(self.limits.send_timeout):
                     await conn.write(data, binary)
+                    conn.write_broken = False
                     done = True
                 if not done:
                     self._fail(conn, "send timeout")
