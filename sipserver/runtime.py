@@ -685,8 +685,10 @@ class Server:
                 except Exception:
                     log.exception("writing %d binding changes failed", len(batch))
             done.set()
-            for txn, resp in replies:
+            for i, (txn, resp) in enumerate(replies, 1):
                 await self._txn_respond(txn, resp)
+                if i % 64 == 0:
+                    await trio.lowlevel.checkpoint()  # a big batch: let the readers in too
 
     async def _flush_writes(self) -> None:
         """Shutdown: write what is still queued, then let the writer process exit."""

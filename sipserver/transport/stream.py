@@ -52,6 +52,8 @@ __all__ = [
 _RECV_SIZE = 65536
 # Reads straight from a TCP socket before the reader goes through trio (and yields) once.
 _READS_PER_YIELD = 16
+# Messages handled in a row before the reader yields (however many reads brought them).
+_MESSAGES_PER_YIELD = 32
 _PONG = b"\r\n"
 # After a framing error: how long to drain the peer's input before closing (see _linger).
 _LINGER = 1.0
@@ -330,6 +332,7 @@ async def _read_loop(
     receive = conn.receiver()
     partial_timeout = table.limits.partial_message_timeout
     started = 0.0  # when the incomplete message at the end of the buffer began (0: none)
+    handled = 0
     while True:
         if started:
             with trio.move_on_at(started + partial_timeout) as scope:
@@ -360,6 +363,12 @@ async def _read_loop(
             if type(event) is FramedMessage:
                 completed = True
                 await deliver(sink, flow, event.data)
+                handled += 1
+                if handled >= _MESSAGES_PER_YIELD:
+                    # One read can hold a hundred messages: let other tasks (the store
+                    # writer, other connections, timers) in between.
+                    handled = 0
+                    await trio.lowlevel.checkpoint()
             elif type(event) is KeepalivePing:
                 # RFC 5626 §4.4.1 / OB-EP-14: answer a ping at once with a single CRLF.
                 try:
