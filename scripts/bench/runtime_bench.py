@@ -110,7 +110,7 @@ async def main(args: argparse.Namespace) -> None:
                 prof.enable()
                 await run(rounds * n, (rounds + 1) * n)
                 prof.disable()
-                st = pstats.Stats(prof); st.sort_stats("tottime").print_stats(35); st.print_callers("headers|to_bytes|_build_index")
+                pstats.Stats(prof).sort_stats("tottime").print_stats(35)
             print(f"bindings: {server.store.count()}; gc counts {gc.get_count()}", file=sys.stderr)
             nursery.cancel_scope.cancel()
         await server.shutdown()

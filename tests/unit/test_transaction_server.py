@@ -254,3 +254,34 @@ def test_non_invite_server_refuses_invite_and_ack() -> None:
     for method in ("INVITE", "ACK"):
         with pytest.raises(TransactionError):
             NonInviteServerTransaction(request(method), False, T, T0)
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_retransmission_after_final_gets_the_same_bytes_from_compacted_messages(status: int) -> None:
+    """RFC 3261 §17.2.2: a retransmitted request in COMPLETED is answered with the final response.
+    After the final response the transaction keeps its request and response compacted (parsed
+    views dropped for the 32 s of timer J); what goes on the wire must not change, and the
+    request still reads as before."""
+    txn = nist()
+    resp = answer(txn, status)
+    first = txn.send_response(resp, T0)
+    assert len(first) == 1 and isinstance(first[0], Send)
+    sent = first[0].message.to_bytes()
+    assert txn.request._vias is None and resp._headers is None  # compacted
+    again = txn.on_request(request("REGISTER"), T0 + 1.0)
+    assert len(again) == 1 and isinstance(again[0], Send) and again[0].retransmission
+    assert again[0].message.to_bytes() == sent
+    assert parse_message(sent).to_tag == "srvtag"
+    assert txn.request.top_via.branch == "z9hG4bK.srv91" and txn.request.cseq.seq == 4
+    assert resp.status == status and resp.header("call-id") == "srv-call@ua.example.org"
+
+
+def test_invite_final_response_compacts_and_retransmits_unchanged() -> None:
+    """RFC 3261 §17.2.1: timer G retransmits the 3xx-6xx final response byte for byte."""
+    txn = ist()
+    resp = answer(txn, 486)
+    sent = txn.send_response(resp, T0)[0].message.to_bytes()  # type: ignore[attr-defined]
+    actions = txn.handle_timer(T0 + T.timer_g + 0.001)
+    sends = [a for a in actions if isinstance(a, Send)]
+    assert len(sends) == 1 and sends[0].message.to_bytes() == sent
+    assert txn.request.method == "INVITE" and txn.request.from_tag == "fa9"
