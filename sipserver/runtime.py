@@ -36,7 +36,6 @@ from .auth.digest import DigestAuthenticator, parse_credentials
 from .auth.limits import FailureBan, TokenBucketLimiter
 from .config import Config
 from .mgmt.logbudget import LogBudget
-from .store_writer import StoreWriterProcess
 from .mgmt.metrics import Metrics
 from .mgmt.trace import Tracer
 from .outbound.flow import Flow, Transport
@@ -72,10 +71,10 @@ from .registrar import (
     Delete,
     LocationStore,
     MemoryPersistence,
+    PersistenceError,
     Put,
     Registrar,
     RegistrarSettings,
-    PersistenceError,
     SqlitePersistence,
     survives_restart,
 )
@@ -96,6 +95,7 @@ from .sip.build import MAGIC_COOKIE
 from .sip.framer import FramingError
 from .sip.randomness import random_hex
 from .sip.uri import parse_uri
+from .store_writer import StoreWriterProcess
 from .transaction import (
     DeliverResponse,
     InviteClientTransaction,

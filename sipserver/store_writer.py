@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import BinaryIO
 
 import trio
 
@@ -157,9 +158,10 @@ class StoreWriterProcess:
 # ---------------------------------------------------------------------------- child
 
 
-def _read_exactly(stream: object, n: int) -> bytes | None:
+def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
+    """``n`` bytes from ``stream``, None at end of input (the parent closed the pipe)."""
     data = b""
-    read = stream.read  # type: ignore[attr-defined]
+    read = stream.read
     while len(data) < n:
         chunk = read(n - len(data))
         if not chunk:

@@ -36,7 +36,7 @@ from typing import Protocol
 import attrs
 
 from sipserver.outbound.flow import Flow, Transport
-from sipserver.sip.build import make_response, reason_phrase
+from sipserver.sip.build import RESPONSE_COPIED, make_response, reason_phrase
 from sipserver.sip.errors import ParseError
 from sipserver.sip.headers import Contact
 from sipserver.sip.message import Header, Request, Response
@@ -578,9 +578,6 @@ def _own_path_parts(local_uri: SipURI) -> tuple[str, str, str]:
     return f"<{before}", f"{after};lr>", f"{after};lr;ob>"
 
 
-# The request headers a response copies (RFC 3261 §8.2.6.2).
-_COPIED = ("via", "from", "to", "call-id", "cseq")
-
 # Header lines every 200 OK may carry. ``Header`` objects are never changed in place (a message
 # edit replaces them), so one object can sit in any number of responses.
 _OK = reason_phrase(200)
@@ -594,7 +591,7 @@ def _ok_response(req: Request, extra: list[Header]) -> Response:
     without making ``Header`` objects for the request lines it does not copy (this is on every
     REGISTER). To gets a tag unless it has one (the To view was parsed already, so it answers
     that)."""
-    hdrs = req.copy_header_lines(_COPIED)
+    hdrs = req.copy_header_lines(RESPONSE_COPIED)
     if not req.to.has_param("tag"):
         for i, h in enumerate(hdrs):
             if h.key == "to":

@@ -88,8 +88,9 @@ def _copy(src: Message, key: str) -> list[Header]:
     return src.copy_header_lines((key,))
 
 
-_RESPONSE_COPIED = ("via", "from", "to", "call-id", "cseq")
-_TRYING_COPIED = (*_RESPONSE_COPIED, "timestamp")
+#: The request headers a response copies (RFC 3261 §8.2.6.2); a 100 also copies Timestamp.
+RESPONSE_COPIED = ("via", "from", "to", "call-id", "cseq")
+_TRYING_COPIED = (*RESPONSE_COPIED, "timestamp")
 
 
 def _has_tag(to_value: str) -> bool:
@@ -115,7 +116,7 @@ def make_response(
     ``to_tag`` is added to To when To has none and the status is above 100.
 
     Works on a partially valid request too (the ParseError path), copying what is there."""
-    hdrs = request.copy_header_lines(_TRYING_COPIED if status == 100 else _RESPONSE_COPIED)
+    hdrs = request.copy_header_lines(_TRYING_COPIED if status == 100 else RESPONSE_COPIED)
     if to_tag is not None and status > 100:
         for i, h in enumerate(hdrs):
             if h.key == "to":

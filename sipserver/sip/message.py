@@ -117,13 +117,8 @@ class Message:
         so from here on serialising walks the list instead of reusing the received bytes."""
         hdrs = self._headers
         if hdrs is None:
-            hdrs = []
-            for raw in self._lines or ():
-                # The parser accepted these lines, so the name lookups cannot fail.
-                line = unfold(raw) if "\r\n" in raw else raw
-                name, _, value = line.partition(":")
-                name, key = header_name_key(name, line)
-                hdrs.append(Header(name, key, value.strip(), raw))
+            # The parser accepted these lines, so the name lookups cannot fail.
+            hdrs = [Header(*_split_line(raw), raw) for raw in self._lines or ()]
             self._headers = hdrs
             self._lines = self._keys = None
         self._head = None
@@ -143,38 +138,25 @@ class Message:
 
     # ------------------------------------------------------------------ raw access
     def _build_index(self) -> dict[str, str]:
-        """Index the header list (after edits, or for a message built from headers)."""
+        """Index the header list (after edits, or for a message built from headers), from the
+        raw lines when no ``Header`` objects were made (``replace_top_via`` edits them)."""
         first: dict[str, str] = {}
         more: dict[str, list[str]] | None = None
         if self._headers is None:
-            # Raw lines edited in place of a materialised list (``replace_top_via``).
-            for line in self._lines or ():
-                name, key, value = _split_line(line)
-                if key in first:
-                    if more is None:
-                        more = {}
-                    lst = more.get(key)
-                    if lst is None:
-                        more[key] = [first[key], value]
-                    else:
-                        lst.append(value)
-                else:
-                    first[key] = value
-            self._first = first
-            self._more = more
-            return first
-        for h in self.headers:
-            key = h.key
+            pairs = [_split_line(line)[1:] for line in self._lines or ()]
+        else:
+            pairs = [(h.key, h.value) for h in self._headers]
+        for key, value in pairs:
             if key in first:
                 if more is None:
                     more = {}
                 lst = more.get(key)
                 if lst is None:
-                    more[key] = [first[key], h.value]
+                    more[key] = [first[key], value]
                 else:
-                    lst.append(h.value)
+                    lst.append(value)
             else:
-                first[key] = h.value
+                first[key] = value
         self._first = first
         self._more = more
         return first
@@ -318,7 +300,7 @@ class Message:
         lines instead of reusing the received bytes."""
         lines = self._lines
         keys = self._keys
-        if self._headers is not None or lines is None or keys is None:
+        if self._headers is not None or lines is None or keys is None:  # built from Headers
             self.replace_first_value("via", via.raw)
             vias = self._vias = list(self.vias)
             vias[0] = via
@@ -368,8 +350,7 @@ class Message:
         else:
             lines = self._lines
             line_keys = self._keys
-            if line_keys is None:
-                line_keys = [_split_line(raw)[1] for raw in lines]
+            assert line_keys is not None  # set wherever _lines is
             for i, key in enumerate(line_keys):
                 g = groups.get(key)
                 if g is not None:

@@ -154,9 +154,9 @@ def _index(
     lines: list[str], unfolded: bool
 ) -> tuple[dict[str, str], dict[str, list[str]] | None, list[str]] | None:
     """(key -> first value, key -> all values of keys on several lines or None, the key of
-    each line) of header ``lines``; None if a line starts with SP/HTAB and the lines are not ``unfolded`` yet. Such
-    a line never hits the name cache (only token names get in), so noticing folding costs
-    nothing on the common path."""
+    each line) of header ``lines``; None if a line starts with SP/HTAB and the lines are not
+    ``unfolded`` yet. Such a line never hits the name cache (only token names get in), so
+    noticing folding costs nothing on the common path."""
     first: dict[str, str] = {}
     more: dict[str, list[str]] | None = None
     key_get = raw_key_cache.get
