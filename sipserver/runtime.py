@@ -26,7 +26,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -848,7 +848,7 @@ class Server:
     async def _run_context(self, job: ProxyJob, actions: Sequence[Any]) -> None:
         for action in actions:
             if isinstance(action, StartBranch):
-                dest = action.candidate.ref
+                dest = cast(Dest, action.candidate.ref)
                 if dest.flow is None and self.nursery is not None and _must_wait(dest):
                     # opening a connection or resolving a name waits: its own task, so the
                     # connection that carried the request keeps reading meanwhile
@@ -946,6 +946,7 @@ class Server:
         branch = _branch_for(job.request)
         req.add_header("Via", self.via_for(flow, branch), top=True)
         reliable = flow.transport.reliable
+        ctxn: InviteClientTransaction | NonInviteClientTransaction
         if req.method == "INVITE":
             ctxn = InviteClientTransaction(req, reliable, self.timers, now, context=flow)
         else:
@@ -1159,7 +1160,7 @@ def _log_binding_event(ev: Any, flow: Flow, budget: LogBudget) -> None:
     level = logging.DEBUG if kind == "refreshed" else logging.INFO
     if budget.allow(level):
         key = getattr(ev, "key", None)
-        text = key.text if hasattr(key, "text") else str(key)
+        text = getattr(key, "text", None) or str(key)
         cause = getattr(ev, "cause", None)
         extra = f" ({cause.name.lower()})" if cause is not None and hasattr(cause, "name") else ""
         reg_log.log(level, "binding %s: %s via %s%s", kind, text, flow.id, extra)

@@ -35,7 +35,7 @@ from sipserver.auth.digest import ha1
 try:
     import tomllib
 except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
+    import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 __all__ = ["CredentialStore", "CredentialsError", "passwd_entry", "write_user"]
 

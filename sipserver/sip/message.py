@@ -330,9 +330,9 @@ class Message:
                 if more is not None and "via" in more:
                     more = self._more = dict(more)
                     more["via"] = [joined, *more["via"][1:]]
-            vias = self._vias
-            if vias is not None:
-                vias = self._vias = list(vias)
+            old_vias = self._vias
+            if old_vias is not None:
+                vias = self._vias = list(old_vias)
                 vias[0] = via
             return
         raise KeyError("via")

@@ -72,7 +72,6 @@ class Connection(Tracked):
         # the peer has seen part of a message and the stream must be closed.
         self.write_broken = False
 
-    @abstractmethod
     def write_nowait(self, data: bytes) -> int | None:
         """Bytes written at once without waiting, or None: not supported on this transport."""
         return None

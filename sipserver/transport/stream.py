@@ -155,8 +155,8 @@ class TlsConnection(Connection):
         self.framer = framer
 
     def receiver(self) -> Callable[[int], Awaitable[bytes]]:
-        recv: Callable[[int], Awaitable[bytes]] = self.stream.receive_some
-        return recv
+        recv = self.stream.receive_some
+        return recv  # type: ignore[return-value]  # trio returns bytes or bytearray
 
     async def write(self, data: bytes, binary: bool | None = None) -> None:
         # trio: a cancelled SSLStream.send_all leaves the stream unusable.
