@@ -119,7 +119,7 @@ flow_log = logging.getLogger("sipserver.flow")
 reg_log = logging.getLogger("sipserver.registrar")
 proxy_log = logging.getLogger("sipserver.proxy")
 
-GC_THRESHOLDS = (20_000, 50, 100)
+GC_THRESHOLDS = (10_000, 3, 100)
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, PUBLISH, INFO, UPDATE, PRACK"
 
 

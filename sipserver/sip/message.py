@@ -98,8 +98,10 @@ class Message:
         # value of its first line, and key -> values of all its lines for the keys that have
         # several lines, None when none has); the received start line plus header lines.
         # Never changed in place, so a copy may share them. ``_first`` None: not built yet.
-        self._lines: list[str] | None = None
-        self._keys: list[str] | None = None  # the key of each of ``_lines``, same order
+        # Never changed in place (edits make a new list), so copies share them; a tuple once
+        # compacted (``compact``).
+        self._lines: Sequence[str] | None = None
+        self._keys: Sequence[str] | None = None  # the key of each of ``_lines``, same order
         self._first: dict[str, str] | None = None
         self._more: dict[str, list[str]] | None = None
         self._head: bytes | None = None
@@ -377,9 +379,14 @@ class Message:
         if hdrs is not None:
             if self._first is None:
                 self._build_index()  # from the Header objects: cheaper than from the lines
-            self._lines = [h.raw if h.raw is not None else f"{h.name}: {h.value}" for h in hdrs]
-            self._keys = [h.key for h in hdrs]
+            self._lines = tuple([h.raw if h.raw is not None else f"{h.name}: {h.value}" for h in hdrs])
+            self._keys = tuple([h.key for h in hdrs])
             self._headers = None
+        elif self._lines is not None and self._keys is not None:
+            # Tuples of strings drop out of the collector's sight after one collection; lists
+            # never do.
+            self._lines = tuple(self._lines)
+            self._keys = tuple(self._keys)
         # The index (strings only) stays: it describes the lines as they are.
         if self._cache:
             self._cache = {}

@@ -71,6 +71,9 @@ class Input(enum.Enum):
     TIMER_TRYING = enum.auto()
 
 
+_TIMERS: dict[int, Input] = {i.value: i for i in Input}
+
+
 def classify_status(status: int) -> Input | None:
     """The input a response status is; None for a status outside 100-699 (ignored)."""
     if 100 <= status <= 199:
@@ -111,7 +114,10 @@ class TransactionMachine:
     state: TransactionState
     # Opaque to the transaction layer: the runtime's note of where ``Send`` goes (a Flow).
     context: object
-    _deadlines: dict[Input, float]
+    # Running timers by ``Input.value`` (an int, not the enum member): a dict of ints and floats
+    # drops out of the garbage collector's sight, and a completed UDP transaction sits for 32 s
+    # with Timer J armed.
+    _deadlines: dict[int, float]
     # The table holding this transaction: told after every call that may move a deadline or
     # end the transaction, so the runtime may drive a transaction directly and the table's
     # heap still follows.
@@ -132,11 +138,11 @@ class TransactionMachine:
         """Fire every timer due at ``now`` (earliest first); calling early does nothing."""
         actions: list[Action] = []
         while self._deadlines:
-            timer, deadline = min(self._deadlines.items(), key=_deadline_order)
+            value, deadline = min(self._deadlines.items(), key=_deadline_order)
             if deadline > now:
                 break
-            del self._deadlines[timer]
-            actions.extend(self._step(timer, None, now))
+            del self._deadlines[value]
+            actions.extend(self._step(_TIMERS[value], None, now))
         if self.scheduler is not None:
             self.scheduler.update(self)
         return actions
@@ -172,18 +178,18 @@ class TransactionMachine:
         return actions
 
     def _arm(self, timer: Input, now: float, duration: float) -> None:
-        self._deadlines[timer] = now + duration
+        self._deadlines[timer.value] = now + duration
 
     def _disarm(self, *timers: Input) -> None:
         for timer in timers:
-            self._deadlines.pop(timer, None)
+            self._deadlines.pop(timer.value, None)
 
     def _nothing(self, message: object, now: float) -> list[Action]:
         """Handler for inputs the RFC says to absorb, or pure state changes."""
         return []
 
 
-def _deadline_order(item: tuple[Input, float]) -> tuple[float, int]:
+def _deadline_order(item: tuple[int, float]) -> tuple[float, int]:
     # Ties are broken by the timer's declaration order, so results never depend on dict order.
-    timer, deadline = item
-    return deadline, timer.value
+    value, deadline = item
+    return deadline, value

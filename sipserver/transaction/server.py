@@ -39,25 +39,19 @@ St = TransactionState
 In = Input
 
 
-@attrs.frozen(slots=True)
-class ServerKey:
-    """RFC 3261 §17.2.3: branch, sent-by of the top Via, and the method (ACK counts as INVITE).
+# Keys are plain tuples, not classes: a tuple of strings and ints stops being tracked by the
+# garbage collector after its first collection, and a completed UDP transaction keeps its keys
+# for 32 s (Timer J), so at thousands of requests a second they were a good part of what every
+# collection walked (docs/performance.md).
 
-    The sent-by host is compared without regard to case (a host name is case-insensitive)."""
+ServerKey = tuple[str, str, int | None, str]
+"""RFC 3261 §17.2.3: (branch, sent-by host, sent-by port, method); ACK counts as INVITE.
 
-    branch: str
-    host: str
-    port: int | None
-    method: str
+The sent-by host is compared without regard to case (a host name is case-insensitive)."""
 
-
-@attrs.frozen(slots=True)
-class LegacyKey:
-    """Bucket for RFC 2543 matching (§17.2.3, a branch without the magic cookie): Call-ID and
-    CSeq number narrow the candidates, the full comparison is done per candidate."""
-
-    call_id: str
-    seq: int
+LegacyKey = tuple[str, int]
+"""Bucket for RFC 2543 matching (§17.2.3, a branch without the magic cookie): (Call-ID, CSeq
+number) narrow the candidates, the full comparison is done per candidate."""
 
 
 def has_rfc3261_branch(branch: str | None) -> bool:
@@ -77,12 +71,12 @@ def server_key(request: Request, method: str | None = None) -> ServerKey | None:
         return None
     if method is None:
         method = "INVITE" if request.method == "ACK" else request.method
-    return ServerKey(branch, via.host.lower(), via.port, method)
+    return (branch, via.host.lower(), via.port, method)
 
 
 def legacy_key(request: Request) -> LegacyKey:
     """Raises ``ParseError`` when Call-ID or CSeq is unusable."""
-    return LegacyKey(request.call_id, request.cseq.seq)
+    return (request.call_id, request.cseq.seq)
 
 
 def _keys(request: Request) -> tuple[ServerKey | None, LegacyKey]:

@@ -8,6 +8,9 @@ server transaction with timer J.
 
 from __future__ import annotations
 
+import enum
+import gc
+
 import pytest
 
 from sipserver.sip import Request, Response, make_response, parse_message
@@ -285,3 +288,36 @@ def test_invite_final_response_compacts_and_retransmits_unchanged() -> None:
     sends = [a for a in actions if isinstance(a, Send)]
     assert len(sends) == 1 and sends[0].message.to_bytes() == sent
     assert txn.request.method == "INVITE" and txn.request.from_tag == "fa9"
+
+
+def _tracked_reachable(root: object) -> list[object]:
+    """Every object the garbage collector still tracks that ``root`` reaches (root included),
+    stopping at what all transactions share (timer configuration, state enum members)."""
+    seen: set[int] = set()
+    out: list[object] = []
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (TimerConfig, type, enum.Enum)) or not gc.is_tracked(obj):
+            continue
+        seen.add(id(obj))
+        out.append(obj)
+        todo.extend(gc.get_referents(obj))
+    return out
+
+
+def test_completed_udp_transaction_keeps_few_objects_for_the_collector() -> None:
+    """A completed UDP non-INVITE transaction lives 32 s (timer J, RFC 3261 §17.2.2); at 3,000
+    REGISTERs a second that is ~100,000 of them, and every young-generation collection walks
+    what they keep. After one collection only the transaction, its request and its response
+    may still be tracked: keys, timer table and compacted header lines are tuples and dicts of
+    strings and numbers, which the collector stops tracking (docs/performance.md)."""
+    txn = nist()
+    txn.send_response(answer(txn, 200), T0)
+    assert txn.next_deadline() == pytest.approx(T0 + 64 * T.t1)  # timer J armed
+    gc.collect()
+    kinds = sorted(type(o).__name__ for o in _tracked_reachable(txn))
+    assert kinds == ["NonInviteServerTransaction", "Request", "Response"]
+    # and it still answers a retransmission
+    again = txn.on_request(request("REGISTER"), T0 + 1.0)
+    assert len(again) == 1 and isinstance(again[0], Send) and again[0].retransmission
