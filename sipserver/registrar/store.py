@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Hashable, Iterable
+from collections.abc import Collection, Hashable, Iterable
 from typing import TypeVar
 
 import attrs
@@ -91,10 +91,10 @@ class LocationStore:
     """In-memory location service: O(1) per change, O(k) per lookup of an AoR with k bindings."""
 
     _bindings: dict[BindingKey, Binding] = attrs.field(factory=dict, init=False)
-    # Ordered sets (dicts with None values) keep insertion order, so iteration is deterministic.
-    _by_aor: dict[str, dict[BindingKey, None]] = attrs.field(factory=dict, init=False)
-    _by_flow: dict[str, dict[BindingKey, None]] = attrs.field(factory=dict, init=False)
-    _by_instance: dict[_Instance, dict[BindingKey, None]] = attrs.field(factory=dict, init=False)
+    # Indexes by AoR, flow token and instance; see ``_Keys`` for the form of their values.
+    _by_aor: dict[str, _Keys] = attrs.field(factory=dict, init=False)
+    _by_flow: dict[str, _Keys] = attrs.field(factory=dict, init=False)
+    _by_instance: dict[_Instance, _Keys] = attrs.field(factory=dict, init=False)
     _temp_users: dict[str, _Instance] = attrs.field(factory=dict, init=False)
     _instance_temps: dict[_Instance, set[str]] = attrs.field(factory=dict, init=False)
     _seen_instances: set[_Instance] = attrs.field(factory=set, init=False)
@@ -108,7 +108,7 @@ class LocationStore:
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """Live bindings of ``aor``: highest q first, then oldest registration first."""
-        keys = self._by_aor.get(aor)
+        keys = _keys_of(self._by_aor, aor)
         if not keys:
             return []
         live = [b for b in map(self._bindings.__getitem__, keys) if b.expires_at > now]
@@ -118,7 +118,7 @@ class LocationStore:
 
     def lookup_instance(self, aor: str, instance_id: str, now: float) -> list[Binding]:
         """Live bindings of one UA instance, lowest reg-id first (RFC 5626 §7, GRUU-04)."""
-        keys = self._by_instance.get((aor, instance_id))
+        keys = _keys_of(self._by_instance, (aor, instance_id))
         if not keys:
             return []
         live = [b for b in map(self._bindings.__getitem__, keys) if b.expires_at > now]
@@ -127,7 +127,7 @@ class LocationStore:
 
     def flow_bindings(self, token: str) -> list[Binding]:
         """Bindings reached through the flow named by ``token`` (expired ones included)."""
-        return [self._bindings[k] for k in self._by_flow.get(token, ())]
+        return [self._bindings[k] for k in _keys_of(self._by_flow, token)]
 
     def find_gruu(self, uri: SipURI, now: float) -> GruuMatch | None:
         """RFC 5627 §7: is ``uri`` a GRUU we handed out, and is its instance registered now?"""
@@ -145,7 +145,7 @@ class LocationStore:
             if inst not in self._seen_instances:
                 return None
         registered = any(
-            self._bindings[k].expires_at > now for k in self._by_instance.get(inst, ())
+            self._bindings[k].expires_at > now for k in _keys_of(self._by_instance, inst)
         )
         return GruuMatch(inst[0], inst[1], registered, ref.temporary)
 
@@ -194,14 +194,14 @@ class LocationStore:
         self, token: str, cause: RemovalCause = RemovalCause.FLOW_FAILED
     ) -> list[Change]:
         """Drop the bindings tied to a dead flow (OB-REG-16, OB-CS-09); return the Deletes."""
-        keys = list(self._by_flow.get(token, ()))
+        keys = list(_keys_of(self._by_flow, token))
         out: list[Change] = [Delete(key, cause) for key in keys]
         self.apply(out)
         return out
 
     def remove_aor(self, aor: str, cause: RemovalCause = RemovalCause.ADMIN) -> list[Change]:
         """Drop every binding of an AoR (management action); return the Deletes."""
-        out: list[Change] = [Delete(key, cause) for key in list(self._by_aor.get(aor, ()))]
+        out: list[Change] = [Delete(key, cause) for key in list(_keys_of(self._by_aor, aor))]
         self.apply(out)
         return out
 
@@ -231,12 +231,12 @@ class LocationStore:
         self._drop_instance_if_gone(old)
 
     def _link(self, b: Binding) -> None:
-        self._by_aor.setdefault(b.aor, {})[b.key] = None
+        _add(self._by_aor, b.aor, b.key)
         if b.flow_token is not None:
-            self._by_flow.setdefault(b.flow_token, {})[b.key] = None
+            _add(self._by_flow, b.flow_token, b.key)
         if b.instance_id is not None:
             inst = (b.aor, b.instance_id)
-            self._by_instance.setdefault(inst, {})[b.key] = None
+            _add(self._by_instance, inst, b.key)
             self._seen_instances.add(inst)
             if b.temp_gruus:
                 temps = self._instance_temps.setdefault(inst, set())
@@ -282,9 +282,40 @@ def _order(b: Binding) -> tuple[float, float, str, str, int]:
     return (-b.q, b.registered_at, key.kind, key.ident, key.reg_id or 0)
 
 
-def _discard(index: dict[_K, dict[BindingKey, None]], name: _K, key: BindingKey) -> None:
+# An index entry is the one key of its name (the common case: one binding per AoR, per flow, per
+# instance) or, for several, an ordered set (a dict with None values; insertion order keeps
+# iteration deterministic). A dict for every entry cost ~220 bytes each, three per binding.
+_Keys = BindingKey | dict[BindingKey, None]
+
+
+def _keys_of(index: dict[_K, _Keys], name: _K) -> Collection[BindingKey]:
     keys = index.get(name)
-    if keys is not None:
+    if keys is None:
+        return ()
+    if type(keys) is dict:
+        return keys
+    return (keys,)  # type: ignore[return-value]
+
+
+def _add(index: dict[_K, _Keys], name: _K, key: BindingKey) -> None:
+    keys = index.get(name)
+    if keys is None:
+        index[name] = key
+    elif type(keys) is dict:
+        keys[key] = None
+    elif keys != key:
+        index[name] = {keys: None, key: None}  # type: ignore[dict-item]
+
+
+def _discard(index: dict[_K, _Keys], name: _K, key: BindingKey) -> None:
+    keys = index.get(name)
+    if keys is None:
+        return
+    if type(keys) is dict:
         keys.pop(key, None)
-        if not keys:
+        if len(keys) == 1:
+            index[name] = next(iter(keys))
+        elif not keys:
             del index[name]
+    elif keys == key:
+        del index[name]

@@ -329,17 +329,43 @@ async def _read_loop(
 ) -> str:
     flow = conn.flow
     framer = conn.framer
-    receive = conn.receiver()
+    # Plain TCP reads the stdlib socket itself and waits for readability only when it is
+    # empty: an idle connection then keeps this coroutine and trio's wait, not a chain of
+    # socket-wrapper coroutines (about 2 KB a flow, docs/performance.md).
+    raw = conn._raw if type(conn) is TcpConnection else None
+    receive = conn.receiver() if raw is None else None
+    reads = 0
     partial_timeout = table.limits.partial_message_timeout
     started = 0.0  # when the incomplete message at the end of the buffer began (0: none)
     handled = 0
     while True:
-        if started:
+        if raw is not None:
+            reads += 1
+            if reads >= _READS_PER_YIELD:
+                reads = 0
+                await trio.lowlevel.checkpoint()
+            try:
+                data = raw.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                data = None  # wait outside the handler: it would keep the exception alive
+            if data is None:
+                if started:
+                    with trio.move_on_at(started + partial_timeout) as scope:
+                        await trio.lowlevel.wait_readable(raw)
+                    if scope.cancelled_caught:
+                        return "partial message timeout"
+                else:
+                    await trio.lowlevel.wait_readable(raw)
+                reads = 0
+                continue
+        elif started:
+            assert receive is not None
             with trio.move_on_at(started + partial_timeout) as scope:
                 data = await receive(_RECV_SIZE)
             if scope.cancelled_caught:
                 return "partial message timeout"
         else:
+            assert receive is not None
             data = await receive(_RECV_SIZE)
         if conn.cause is not None:
             return conn.cause
@@ -348,6 +374,7 @@ async def _read_loop(
         now = trio.current_time()
         conn.last_activity = now
         framer.feed(data)
+        data = None  # an idle reader holds no copy of what it read
         completed = False
         while True:
             try:
@@ -356,7 +383,7 @@ async def _read_loop(
                 await _framing_error(sink, flow, exc)
                 cause = f"framing error ({exc.status} {exc.reason})"
                 table._end(conn, cause)
-                await _linger(conn, receive)
+                await _linger(conn, receive or conn.receiver())
                 return cause
             if event is None:
                 break

@@ -183,7 +183,9 @@ def test_expiry_heap_stays_bounded_under_many_refreshes(store: LocationStore) ->
 
 
 def test_random_operations_keep_indexes_consistent() -> None:
-    """Model check: after random puts/deletes/expiry/flow deaths the store answers like a dict."""
+    """Model check: after random puts/deletes/expiry/flow deaths the store answers like a dict
+    (the indexes switch between one key and a set of keys as an AoR/flow/instance gains and
+    loses bindings)."""
     rng = random.Random(7)
     store = LocationStore()
     model: dict[BindingKey, Binding] = {}
@@ -211,6 +213,9 @@ def test_random_operations_keep_indexes_consistent() -> None:
         live = sorted(k.reg_id or 0 for k, b in model.items() if b.expires_at > now)
         assert sorted(b.reg_id or 0 for b in store.lookup(AOR, now)) == live
         assert store.count() == len(model)
+        assert store.aors() == ([AOR] if model else [])
+        by_reg = [b.reg_id for b in store.lookup_instance(AOR, IID, now)]
+        assert by_reg == sorted(k.reg_id or 0 for k, b in model.items() if b.expires_at > now)
         for token in ("T1", "T2", "T3"):
             want = {k for k, b in model.items() if b.flow_token == token}
             assert {b.key for b in store.flow_bindings(token)} == want
