@@ -1,17 +1,24 @@
-"""SIP over WebSocket (RFC 7118) on trio-websocket: WS and WSS listeners.
+"""SIP over WebSocket (RFC 7118): WS and WSS listeners.
 
 - Handshake: the client must offer the ``sip`` subprotocol; the server then answers with exactly
   ``sip`` (WS-01). Without it the upgrade is refused with HTTP 400; a request for another path
-  than the listener's is refused with 404.
-- One SIP message per WebSocket message, text or binary (WS-02/03). Text arrives as ``str`` and
-  is handed on as its UTF-8 bytes. A message that is exactly CRLF CRLF is an RFC 5626 ping: it is
-  answered with a CRLF message of the same frame type and never reaches the sink; any other
-  message of only CR/LF is activity only (WS-07, OB-CS-08). The server never sends unsolicited
-  CRLFs. WebSocket Ping frames are answered with Pong frames by wsproto/trio-websocket.
+  than the listener's is refused with 404, and a request that is no WebSocket upgrade with 400
+  naming what was wrong.
+- One SIP message per WebSocket message, text or binary (WS-02/03); fragments are reassembled.
+  Text is handed on as its UTF-8 bytes. A message that is exactly CRLF CRLF is an RFC 5626 ping:
+  it is answered with a CRLF message of the same frame type and never reaches the sink; any
+  other message of only CR/LF is activity only (WS-07, OB-CS-08). The server never sends
+  unsolicited CRLFs. WebSocket Ping frames are answered with Pong frames.
 - Sending: one text message when the bytes are valid UTF-8, else one binary message (WS-03).
 - Size: a message larger than ``max_message_size`` still goes to the sink (the parser answers
-  513, the connection stays); only beyond four times that does trio-websocket close the
-  connection with 1009, which bounds memory.
+  513, the connection stays); only beyond four times that is the connection closed with 1009,
+  which bounds memory.
+
+The WebSocket protocol itself is wsproto's (sans-IO; the engine under trio-websocket): its
+H11Handshake for the upgrade, then its frame-level ``Connection``, fed by this module's reader
+the way the TCP reader feeds the SIP framer. trio-websocket's own connection object runs a
+reader task, a memory channel and several events per connection, about 25 KB a flow against
+the 16 KiB target (docs/performance.md).
 
 Invariants: every byte received on the connection (messages, Ping frames, control frames)
 counts as activity for the idle reaper; the flow exists (opened/closed reports) only between a
@@ -20,18 +27,31 @@ successful handshake and the end of the connection.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from typing import TYPE_CHECKING
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+from wsproto.connection import Connection as WsProtocol
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Request,
+    TextMessage,
+)
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from sipserver.outbound.flow import Flow, Transport
 
 from .connection import Connection, deliver, logger
 from .errors import FlowGone
 from .sink import MessageSink
-from .stream import _addresses, _set_nodelay
+from .stream import _addresses, _set_nodelay, cause_of
 
 if TYPE_CHECKING:
     from .flows import FlowTable
@@ -41,72 +61,69 @@ __all__ = ["WsConnection", "handle_accepted_websocket"]
 _PING = b"\r\n\r\n"
 _CRLF_ONLY = b"\r\n"
 _CLOSE_TIMEOUT = 1.0
-# trio-websocket buffers one message at a time; it closes with 1009 beyond this many times
-# max_message_size (messages between 1x and this go to the sink, which answers 513).
+# Messages between 1x and this many times max_message_size go to the sink (which answers 513);
+# beyond it the connection is closed with 1009 so one peer cannot make us buffer without bound.
 _WS_HARD_LIMIT_FACTOR = 4
+_RECV_SIZE = 65536
+_READS_PER_YIELD = 16
+_MESSAGES_PER_YIELD = 32
+_GOING_AWAY = 1001
+_TOO_BIG = 1009
 
 
 class WsConnection(Connection):
     """A WebSocket connection carrying SIP (Via transport WS or WSS, RFC 7118 §5.2)."""
 
-    __slots__ = ("sock", "ws", "scope")
+    __slots__ = ("sock", "stream", "proto", "_raw")
 
     def __init__(
-        self, flow: Flow, now: float, idle_limit: float | None, sock: trio.socket.SocketType
+        self,
+        flow: Flow,
+        now: float,
+        idle_limit: float | None,
+        sock: trio.socket.SocketType,
+        stream: trio.abc.Stream,
+        proto: WsProtocol,
     ) -> None:
         super().__init__(flow, now, idle_limit)
         self.sock = sock
-        self.ws: WebSocketConnection | None = None
-        self.scope = trio.CancelScope()
+        self.stream = stream
+        self.proto = proto
+        # Plain WS reads the stdlib socket directly, as TCP does (see stream._read_loop).
+        raw = getattr(sock, "_sock", None)
+        self._raw = raw if isinstance(raw, socket.socket) and flow.transport is Transport.WS else None
+
+    def frame(self, data: bytes, binary: bool | None) -> bytes:
+        """``data`` as one WebSocket message: text when it is UTF-8 (unless ``binary``)."""
+        event: Event
+        if binary:
+            event = BytesMessage(data=bytes(data))
+        else:
+            try:
+                event = TextMessage(data=data.decode("utf-8"))
+            except UnicodeDecodeError:
+                if binary is not None:
+                    raise
+                event = BytesMessage(data=bytes(data))
+        try:
+            return self.proto.send(event)
+        except LocalProtocolError as exc:  # a Close was sent or received: no more messages
+            raise trio.ClosedResourceError("websocket closing") from exc
 
     async def write(self, data: bytes, binary: bool | None = None) -> None:
-        assert self.ws is not None
-        message: str | bytes
-        if binary is None:
-            try:
-                message = data.decode("utf-8")
-            except UnicodeDecodeError:
-                message = bytes(data)
-        elif binary:
-            message = bytes(data)
-        else:
-            message = data.decode("utf-8")
+        frame = self.frame(data, binary)
         # A cancelled write may leave half a frame on the wire.
         self.write_broken = True
-        try:
-            await self.ws.send_message(message)
-        except ConnectionClosed as exc:
-            raise trio.BrokenResourceError("websocket closed") from exc
+        await self.stream.send_all(frame)
         self.write_broken = False
 
     def abort(self) -> None:
-        # The session task closes the WebSocket (close frame, then the socket) on its way out.
-        self.scope.cancel()
-
-
-class _ActivityStream(trio.abc.Stream):
-    """Wraps the connection's byte stream to count every received byte as flow activity."""
-
-    __slots__ = ("_inner", "_conn")
-
-    def __init__(self, inner: trio.abc.Stream, conn: Connection) -> None:
-        self._inner = inner
-        self._conn = conn
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        data = await self._inner.receive_some(max_bytes)
-        if data:
-            self._conn.last_activity = trio.current_time()
-        return bytes(data)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+        # Wake the reader and any writer (ClosedResourceError); the reader then sends a Close
+        # frame if it can and the connection's task closes the socket.
+        try:
+            trio.lowlevel.notify_closing(self.sock)
+        except (OSError, ValueError):  # already closed
+            pass
 
 
 async def handle_accepted_websocket(
@@ -120,7 +137,23 @@ async def handle_accepted_websocket(
 ) -> None:
     """Task body for one accepted WS/WSS connection (already counted by the flow table)."""
     try:
-        await _serve_accepted(table, sink, sock, transport, ssl_context, path)
+        conn = await _set_up_accepted(table, sock, transport, ssl_context, path)
+        if conn is not None:
+            table._register(conn)
+            cause = "closed by peer"
+            try:
+                cause = await _read_loop(table, sink, conn)
+            except trio.Cancelled:
+                cause = "shutdown"
+                raise
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                cause = conn.cause or cause_of(exc, transport)
+            except Exception:
+                logger.exception("reader of %s failed", conn.flow.id)
+                cause = "internal error"
+            finally:
+                table._end(conn, cause)
+                await _send_close(conn, _GOING_AWAY if (conn.cause or cause) == "shutdown" else 1000)
     except Exception:
         # A bug or an unexpected library error: it ends this connection, never the listener.
         logger.exception("WebSocket connection from %s failed", ip)
@@ -129,19 +162,19 @@ async def handle_accepted_websocket(
         table._release(ip)
 
 
-async def _serve_accepted(
+async def _set_up_accepted(
     table: FlowTable,
-    sink: MessageSink,
     sock: trio.socket.SocketType,
     transport: Transport,
     ssl_context: ssl.SSLContext | None,
     path: str,
-) -> None:
+) -> WsConnection | None:
+    """TLS (for WSS) and the HTTP upgrade; the connection, or None when either failed."""
     _set_nodelay(sock)
     try:
         local, remote = _addresses(sock)
     except OSError:
-        return
+        return None
     limits = table.limits
     stream: trio.abc.Stream = trio.SocketStream(sock)
     if transport is Transport.WSS:
@@ -152,108 +185,203 @@ async def _serve_accepted(
                 await tls.do_handshake()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 logger.debug("TLS handshake with %s failed: %r", remote, exc.__cause__ or exc)
-                return
+                return None
         if scope.cancelled_caught:
             logger.debug("TLS handshake with %s timed out", remote)
-            return
+            return None
         stream = tls
-    conn = WsConnection(
-        Flow(transport, local, remote, 0), trio.current_time(), limits.idle_flow_timeout, sock
-    )
-    async with trio.open_nursery() as nursery:
+    proto: WsProtocol | None = None
+    with trio.move_on_after(limits.handshake_timeout) as scope:
         try:
-            await _session(table, sink, conn, nursery, _ActivityStream(stream, conn), path)
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-async def _session(
-    table: FlowTable,
-    sink: MessageSink,
-    conn: WsConnection,
-    nursery: trio.Nursery,
-    stream: trio.abc.Stream,
-    path: str,
-) -> None:
-    limits = table.limits
-    remote = conn.flow.remote
-    ws: WebSocketConnection | None = None
-    with trio.move_on_after(limits.handshake_timeout):
-        request = await wrap_server_stream(
-            nursery,
-            stream,
-            message_queue_size=1,
-            max_message_size=_WS_HARD_LIMIT_FACTOR * limits.max_message_size,
-        )
-        if "sip" not in request.proposed_subprotocols:
-            # RFC 7118 §4 (WS-01): no SIP WebSocket session without the sip subprotocol.
-            logger.debug("WebSocket from %s refused: no 'sip' subprotocol", remote)
-            await request.reject(400, body=b"WebSocket subprotocol 'sip' required (RFC 7118)\n")
-            return
-        if path and _path_of(request.path) != path:
-            logger.debug("WebSocket from %s refused: path %r", remote, request.path)
-            await request.reject(404, body=b"Not Found\n")
-            return
-        ws = await request.accept(subprotocol="sip")
-    if ws is None:
+            proto = await _upgrade(stream, remote, path)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            logger.debug("WebSocket handshake with %s failed: %r", remote, exc)
+            return None
+    if scope.cancelled_caught:
         logger.debug("WebSocket handshake with %s timed out", remote)
-        return
-    conn.ws = ws
+    if proto is None:
+        return None
     # The serial is taken only now, so it numbers real flows.
-    conn.flow = Flow(conn.flow.transport, conn.flow.local, remote, table._new_serial())
-    conn.opened_at = conn.last_activity = trio.current_time()
-    table._register(conn)
-    cause = "closed by peer"
+    flow = Flow(transport, local, remote, table._new_serial())
+    return WsConnection(flow, trio.current_time(), limits.idle_flow_timeout, sock, stream, proto)
+
+
+async def _upgrade(stream: trio.abc.Stream, remote: object, path: str) -> WsProtocol | None:
+    """RFC 6455 §4.2 server handshake with the RFC 7118 §4 subprotocol rule (WS-01)."""
+    handshake = H11Handshake(ConnectionType.SERVER)
+    request: Request | None = None
+    while request is None:
+        data = await stream.receive_some(_RECV_SIZE)
+        if not data:
+            return None
+        try:
+            handshake.receive_data(bytes(data))
+            for event in handshake.events():
+                if isinstance(event, Request):
+                    request = event
+        except RemoteProtocolError as exc:
+            logger.debug("WebSocket handshake from %s refused: %s", remote, exc)
+            await _refuse(stream, 400, f"Bad WebSocket handshake: {exc}\n")
+            return None
+    if "sip" not in request.subprotocols:
+        logger.debug("WebSocket from %s refused: no 'sip' subprotocol", remote)
+        await _refuse(stream, 400, "WebSocket subprotocol 'sip' required (RFC 7118)\n")
+        return None
+    if path and _path_of(request.target) != path:
+        logger.debug("WebSocket from %s refused: path %r", remote, request.target)
+        await _refuse(stream, 404, f"Not Found: the SIP WebSocket path here is {path}\n")
+        return None
+    await stream.send_all(handshake.send(AcceptConnection(subprotocol="sip")))
+    return handshake.connection
+
+
+async def _refuse(stream: trio.abc.Stream, status: int, text: str) -> None:
+    reason = {400: "Bad Request", 404: "Not Found"}.get(status, "Error")
+    body = text.encode("utf-8", "replace")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("ascii")
     try:
-        with conn.scope:
-            cause = await _read_loop(table, sink, conn, ws)
-    except trio.Cancelled:
-        cause = "shutdown"
-        raise
-    except Exception:
-        logger.exception("reader of %s failed", conn.flow.id)
-        cause = "internal error"
-    finally:
-        table._end(conn, cause)
-        final = conn.cause or cause
-        with trio.move_on_after(_CLOSE_TIMEOUT) as closing:
-            closing.shield = True
-            code = 1001 if final == "shutdown" else 1000
-            try:
-                await ws.aclose(code)
-            except Exception:  # the peer may already be gone: closing is best effort
-                pass
+        await stream.send_all(head + body)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
 
 
 def _path_of(target: str) -> str:
     return target.split("?", 1)[0] or "/"
 
 
-async def _read_loop(
-    table: FlowTable, sink: MessageSink, conn: WsConnection, ws: WebSocketConnection
-) -> str:
-    flow = conn.flow
-    while True:
+async def _send_close(conn: WsConnection, code: int) -> None:
+    """Best-effort Close frame on the way out (RFC 6455 §5.5.1); never waits long."""
+    if conn.write_broken or conn.senders or conn.proto.state not in (
+        ConnectionState.OPEN,
+        ConnectionState.REMOTE_CLOSING,
+    ):
+        return
+    try:
+        frame = conn.proto.send(CloseConnection(code=code))
+    except LocalProtocolError:
+        return
+    raw = conn._raw
+    if raw is not None:
         try:
-            message = await ws.get_message()
-        except ConnectionClosed as exc:
-            if conn.cause is not None:
-                return conn.cause
-            reason = exc.reason
-            if reason is not None and reason.code == 1009:
-                return "message too large"
-            return "closed by peer"
-        binary = not isinstance(message, str)
-        data = message if isinstance(message, bytes) else message.encode("utf-8")
-        if not data.strip(_CRLF_ONLY):
-            # RFC 7118 + RFC 5626 §4.4.1 (WS-07, OB-CS-08): CRLF keep-alives never reach SIP.
-            if data == _PING:
-                try:
-                    await table._send_conn(conn, _CRLF_ONLY, binary=binary)
-                except FlowGone as gone:
-                    return gone.cause
-                table._report_keepalive(flow)
-            continue
-        await deliver(sink, flow, data)
+            raw.send(frame)
+        except OSError:
+            pass
+        return
+    with trio.move_on_after(_CLOSE_TIMEOUT) as scope:
+        scope.shield = True
+        try:
+            await conn.stream.send_all(frame)
+        except Exception:  # the peer or the TLS layer may already be gone: best effort
+            pass
+
+
+async def _send_control(table: FlowTable, conn: WsConnection, frame: bytes) -> bool:
+    """A Pong or Close frame, serialised with the SIP writers; False if the flow is gone."""
+    if conn.cause is not None:
+        return False
+    lock = conn.lock
+    if lock is None:
+        lock = conn.lock = trio.StrictFIFOLock()
+    conn.senders += 1
+    try:
+        async with lock:
+            with trio.move_on_after(table.limits.send_timeout):
+                await conn.stream.send_all(frame)
+                return True
+        return False
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return False
+    finally:
+        conn.senders -= 1
+        if conn.senders == 0:
+            conn.lock = None
+
+
+async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) -> str:
+    flow = conn.flow
+    proto = conn.proto
+    raw = conn._raw
+    receive = conn.stream.receive_some if raw is None else None
+    hard_limit = _WS_HARD_LIMIT_FACTOR * table.limits.max_message_size
+    parts: list[str] | list[bytes] | None = None  # fragments of the message being received
+    size = 0
+    reads = 0
+    handled = 0
+    while True:
         if conn.cause is not None:
             return conn.cause
+        data: bytes | None
+        if raw is not None:
+            reads += 1
+            if reads >= _READS_PER_YIELD:
+                reads = 0
+                await trio.lowlevel.checkpoint()
+            try:
+                data = raw.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                data = None  # wait outside the handler: it would keep the exception alive
+            if data is None:
+                await trio.lowlevel.wait_readable(raw)
+                reads = 0
+                continue
+        else:
+            assert receive is not None
+            data = bytes(await receive(_RECV_SIZE))
+        if not data:
+            return "closed by peer"
+        conn.last_activity = trio.current_time()
+        proto.receive_data(data)
+        data = None  # an idle reader holds no copy of what it read
+        for event in proto.events():
+            kind = type(event)
+            if kind is TextMessage or kind is BytesMessage:
+                assert isinstance(event, (TextMessage, BytesMessage))
+                if parts is None:
+                    parts = []
+                    size = 0
+                parts.append(event.data)  # type: ignore[arg-type]
+                size += len(event.data)
+                if size > hard_limit:
+                    await _send_control(table, conn, proto.send(CloseConnection(code=_TOO_BIG)))
+                    return "message too large"
+                if not event.message_finished:
+                    continue
+                binary = kind is BytesMessage
+                if binary:
+                    payload = b"".join(parts)  # type: ignore[arg-type]
+                else:
+                    payload = "".join(parts).encode("utf-8")  # type: ignore[arg-type]
+                parts = None
+                if not payload.strip(_CRLF_ONLY):
+                    # RFC 7118 + RFC 5626 §4.4.1 (WS-07, OB-CS-08): CRLF keep-alives never
+                    # reach SIP.
+                    if payload == _PING:
+                        try:
+                            await table._send_conn(conn, _CRLF_ONLY, binary=binary)
+                        except FlowGone as gone:
+                            return gone.cause
+                        table._report_keepalive(flow)
+                    continue
+                await deliver(sink, flow, payload)
+                handled += 1
+                if handled >= _MESSAGES_PER_YIELD:
+                    handled = 0
+                    await trio.lowlevel.checkpoint()
+                if conn.cause is not None:
+                    return conn.cause
+            elif kind is Ping:
+                assert isinstance(event, Ping)
+                await _send_control(table, conn, proto.send(event.response()))
+            elif kind is CloseConnection:
+                assert isinstance(event, CloseConnection)
+                if proto.state is ConnectionState.REMOTE_CLOSING:
+                    # RFC 6455 §5.5.1: answer the peer's Close, then the connection ends.
+                    await _send_control(table, conn, proto.send(event.response()))
+                    return "closed by peer"
+                # wsproto could not parse what the peer sent (bad frame, invalid UTF-8 text):
+                # close with the code it names (RFC 6455 §7.4.1).
+                await _send_control(table, conn, proto.send(CloseConnection(code=event.code)))
+                return f"websocket protocol error ({event.code})"

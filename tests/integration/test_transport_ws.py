@@ -221,3 +221,92 @@ async def test_wss_works(nursery: trio.Nursery, tls_files: tuple[Path, Path]) ->
         await ws.send_message(msg)
         assert await receive(ws) == echo_of(msg).decode()
         assert server.sink.messages[0][0].transport is Transport.WSS
+
+
+async def _raw_client(host: str, port: int) -> tuple[trio.SocketStream, wsproto.WSConnection]:
+    stream = await trio.open_tcp_stream(host, port)
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    await stream.send_all(
+        client.send(wse.Request(host="localhost", target="/", subprotocols=["sip"]))
+    )
+    with trio.fail_after(2):
+        while True:
+            client.receive_data(await stream.receive_some())
+            events = list(client.events())
+            if events:
+                break
+    assert isinstance(events[0], wse.AcceptConnection)
+    return stream, client
+
+
+async def _close_code(stream: trio.SocketStream, client: wsproto.WSConnection) -> int | None:
+    """Read until the server's Close frame (its code) or the end of the connection (None)."""
+    with trio.fail_after(2):
+        while True:
+            data = await stream.receive_some()
+            if not data:
+                return None
+            client.receive_data(data)
+            for event in client.events():
+                if isinstance(event, wse.CloseConnection):
+                    return event.code
+
+
+async def test_plain_http_request_gets_400_naming_the_problem(nursery: trio.Nursery) -> None:
+    """A request that is no WebSocket upgrade (a browser or a scanner on the WS port) is answered
+    with HTTP 400 saying what was missing; nothing reaches SIP and the listener lives on."""
+    server = await ws_server(nursery)
+    host, port = server.addr(Transport.WS)
+    stream = await trio.open_tcp_stream(host, port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    reply = b""
+    with trio.fail_after(2):
+        while chunk := await stream.receive_some():
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"upgrade" in body.lower()
+    assert server.sink.opened == [] and server.sink.messages == []
+    async with open_websocket(host, port, "/", use_ssl=False, subprotocols=["sip"]) as ws:
+        assert ws.subprotocol == "sip"
+
+
+async def test_message_beyond_four_times_the_limit_closes_with_1009(nursery: trio.Nursery) -> None:
+    """Memory stays bounded: past 4x max_message_size the server stops buffering and closes
+    with 1009 (RFC 6455 §7.4.1, message too big)."""
+    from sipserver.transport import FlowLimits
+
+    server = await ws_server(nursery, limits=FlowLimits(max_message_size=1000))
+    host, port = server.addr(Transport.WS)
+    stream, client = await _raw_client(host, port)
+    await server.sink.wait_for(lambda: server.sink.opened)
+    flow = server.sink.opened[0]
+    await stream.send_all(client.send(wse.BytesMessage(data=b"x" * 5000)))
+    assert await _close_code(stream, client) == 1009
+    await server.sink.wait_for(lambda: server.sink.closed)
+    assert server.sink.closed_cause(flow) == "message too large"
+    assert server.sink.messages == []
+
+
+async def test_invalid_utf8_text_frame_closes_with_1007(nursery: trio.Nursery) -> None:
+    """A text frame that is not UTF-8 is a protocol error (RFC 6455 §8.1): Close 1007, and the
+    flow's cause says so."""
+    server = await ws_server(nursery)
+    host, port = server.addr(Transport.WS)
+    stream, _ = await _raw_client(host, port)
+    await server.sink.wait_for(lambda: server.sink.opened)
+    flow = server.sink.opened[0]
+    # FIN + text opcode, masked, 2-byte payload 0xff 0xfe (mask key 0: payload unchanged)
+    await stream.send_all(bytes([0x81, 0x82, 0, 0, 0, 0, 0xFF, 0xFE]))
+    data = b""
+    with trio.fail_after(2):
+        while len(data) < 4:
+            chunk = await stream.receive_some()
+            if not chunk:
+                break
+            data += chunk
+    assert data[0] == 0x88  # FIN + Close
+    assert int.from_bytes(data[2:4], "big") == 1007
+    await server.sink.wait_for(lambda: server.sink.closed)
+    assert server.sink.closed_cause(flow) == "websocket protocol error (1007)"
+    assert server.sink.messages == []
