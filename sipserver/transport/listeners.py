@@ -30,6 +30,10 @@ from .stream import handle_accepted_stream
 from .udp import UdpEndpoint, run_udp_endpoint
 from .websocket import handle_accepted_websocket
 
+# Task names given once: trio otherwise builds a new name string for every connection's task.
+_STREAM_TASK = "sipserver.connection"
+_WS_TASK = "sipserver.websocket"
+
 __all__ = ["BoundListener", "ListenerSpec", "serve"]
 
 _UDP_RCVBUF = 4 * 1024 * 1024
@@ -226,10 +230,18 @@ async def _accept_loop(
                     transport,
                     ssl_context,
                     spec.path,
+                    name=_WS_TASK,
                 )
             else:
                 nursery.start_soon(
-                    handle_accepted_stream, table, sink, sock, ip, transport, ssl_context
+                    handle_accepted_stream,
+                    table,
+                    sink,
+                    sock,
+                    ip,
+                    transport,
+                    ssl_context,
+                    name=_STREAM_TASK,
                 )
         except BaseException:
             sock.close()

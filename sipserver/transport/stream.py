@@ -214,12 +214,22 @@ async def handle_accepted_stream(
 ) -> None:
     """Task body for one accepted TCP/TLS connection (already counted by the flow table)."""
     try:
-        # The set-up coroutine returns before the reader starts, so an idle connection keeps
-        # only the reader's frames alive.
+        # The set-up coroutine returns before the reader starts, and the reader is awaited from
+        # here rather than through ``run_stream_connection``: an idle connection keeps only this
+        # frame and the reader's alive.
         conn = await _set_up_accepted(table, sock, transport, ssl_context)
         if conn is not None:
             table._register(conn)
-            await run_stream_connection(table, sink, conn)
+            cause = "closed by peer"
+            try:
+                cause = await _read_loop(table, sink, conn)
+            except BaseException as exc:
+                cause = _reader_failed(exc, conn)
+                if not isinstance(exc, Exception):  # cancellation: shutdown goes on
+                    raise
+            finally:
+                table._end(conn, cause)
+                conn.abort()
     except Exception:
         # A bug or an unexpected library error: it ends this connection, never the listener.
         logger.exception("connection from %s failed", ip)
@@ -311,17 +321,25 @@ async def run_stream_connection(
     cause = "closed by peer"
     try:
         cause = await _read_loop(table, sink, conn)
-    except trio.Cancelled:
-        cause = "shutdown"
-        raise
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        cause = cause_of(exc, conn.flow.transport)
-    except Exception:
-        logger.exception("reader of %s failed", conn.flow.id)
-        cause = "internal error"
+    except BaseException as exc:
+        cause = _reader_failed(exc, conn)
+        if not isinstance(exc, Exception):  # cancellation: shutdown goes on
+            raise
     finally:
         table._end(conn, cause)
         conn.abort()
+
+
+def _reader_failed(exc: BaseException, conn: Connection) -> str:
+    """The flow's closing cause for an exception out of a reader (logged when it is a bug)."""
+    if isinstance(exc, trio.Cancelled):
+        return "shutdown"
+    if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError, OSError)):
+        return cause_of(exc, conn.flow.transport)
+    if isinstance(exc, Exception):
+        logger.exception("reader of %s failed", conn.flow.id, exc_info=exc)
+        return "internal error"
+    return "shutdown"
 
 
 async def _read_loop(
