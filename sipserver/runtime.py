@@ -35,6 +35,7 @@ from .auth.credentials import CredentialStore
 from .auth.digest import DigestAuthenticator, parse_credentials
 from .auth.limits import FailureBan, TokenBucketLimiter
 from .config import Config
+from .gcpace import GcPacer
 from .mgmt.logbudget import LogBudget
 from .mgmt.metrics import Metrics
 from .mgmt.trace import Tracer
@@ -119,7 +120,6 @@ flow_log = logging.getLogger("sipserver.flow")
 reg_log = logging.getLogger("sipserver.registrar")
 proxy_log = logging.getLogger("sipserver.proxy")
 
-GC_THRESHOLDS = (10_000, 3, 100)
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, PUBLISH, INFO, UPDATE, PRACK"
 
 
@@ -239,6 +239,7 @@ class Server:
         self._batch_done: trio.Event = trio.Event()
         self.stats: dict[str, int] = {}
         self.metrics = Metrics()  # mgmt: responses, flow failures, latency (see mgmt/metrics.py)
+        self.gc_pacer = GcPacer()
         self.tracer = Tracer()  # mgmt: POST /trace filters
         self.mgmt_address: tuple[str, int] | None = None  # bound mgmt listener (port 0 resolved)
         self.udp_local: dict[int, tuple[str, int]] = {}
@@ -260,29 +261,34 @@ class Server:
         if any(s.transport in ("tls", "wss") for s in cfg.server.listen):
             ssl_ctx = make_server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca or None, cfg.tls.min_version)
         specs = [ListenerSpec(s.transport, s.host, s.port, s.path) for s in cfg.server.listen]
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            self.listeners = await nursery.start(serve, specs, self.flows, self, ssl_ctx)
-            self._learn_identity()
-            nursery.start_soon(self._timer_loop)
-            nursery.start_soon(self._writer_loop)
-            if cfg.mgmt.listen:
-                from .mgmt.api import serve_management
+        gc_was_enabled = gc.isenabled()
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                self.listeners = await nursery.start(serve, specs, self.flows, self, ssl_ctx)
+                self._learn_identity()
+                nursery.start_soon(self._timer_loop)
+                nursery.start_soon(self._writer_loop)
+                if cfg.mgmt.listen:
+                    from .mgmt.api import serve_management
 
-                self.mgmt_address = await nursery.start(serve_management, self)
-            for bl in self.listeners:
-                log.info("listening on %s", bl)
-            if not self.auth_enabled:
-                log.warning(
-                    "authentication is OFF: anyone can register any user of the served domains "
-                    "(configure [users] or auth.credentials_file to turn it on)"
-                )
-            # Long-lived state (bindings, flows, transactions) would make every full collection
-            # walk it; move what exists at start-up out of the collector's way and collect the
-            # young generation less often (measured in docs/performance.md).
-            gc.freeze()
-            gc.set_threshold(*GC_THRESHOLDS)
-            task_status.started(self)
+                    self.mgmt_address = await nursery.start(serve_management, self)
+                for bl in self.listeners:
+                    log.info("listening on %s", bl)
+                if not self.auth_enabled:
+                    log.warning(
+                        "authentication is OFF: anyone can register any user of the served domains "
+                        "(configure [users] or auth.credentials_file to turn it on)"
+                    )
+                # What exists at start-up (modules, configuration, bindings loaded from the store)
+                # never needs walking again; from here on collections are paced by the messages
+                # handled (GcPacer, docs/performance.md), not by CPython's allocation count.
+                gc.freeze()
+                gc.disable()
+                task_status.started(self)
+        finally:
+            if gc_was_enabled:  # an embedding program (or the test suite) gets it back
+                gc.enable()
 
     async def shutdown(self) -> None:
         """Flush the store and close (called on SIGINT/SIGTERM before the nursery is cancelled)."""
@@ -440,6 +446,7 @@ class Server:
             await self._on_message(flow, data)
         finally:
             self.metrics.processing.observe(time.perf_counter() - start)
+            self.gc_pacer.message(start)
 
     async def _on_message(self, flow: Flow, data: bytes) -> None:
         try:
@@ -1139,6 +1146,7 @@ class Server:
                     await self._run_context(job, job.context.handle_timer(now))
             self._reg_log_budget.tick()
             self._flow_log_budget.tick()
+            self.gc_pacer.idle(time.perf_counter())
             wall = time.time()
             expired = self.store.expire(wall)
             if expired:
