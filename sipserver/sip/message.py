@@ -73,6 +73,10 @@ class Header:
         return f"Header({self.name!r}, {self.value!r})"
 
 
+# The ``_cache`` of every frozen message (see ``Message.freeze``).
+_NO_CACHE: dict[str, Any] = {}
+
+
 class Message:
     """Common part of requests and responses.
 
@@ -84,7 +88,7 @@ class Message:
 
     __slots__ = (
         "_headers", "_lines", "_keys", "_first", "_more", "_head", "body", "_cache",
-        "_vias", "_cseq", "_from", "_to", "_contacts",
+        "_vias", "_cseq", "_from", "_to", "_contacts", "_frozen",
     )
 
     def __init__(self, headers: list[Header], body: bytes = b"") -> None:
@@ -112,11 +116,15 @@ class Message:
         self._from: NameAddr | None = None
         self._to: NameAddr | None = None
         self._contacts: list[Contact] | None = None
+        # Set by ``freeze``: the whole message as bytes, and nothing else kept.
+        self._frozen: bytes | None = None
 
     @property
     def headers(self) -> list[Header]:
         """The header lines in order. Handing the list out means it may be changed in place,
         so from here on serialising walks the list instead of reusing the received bytes."""
+        if self._frozen is not None:
+            self._thaw()
         hdrs = self._headers
         if hdrs is None:
             # The parser accepted these lines, so the name lookups cannot fail.
@@ -128,12 +136,15 @@ class Message:
 
     @headers.setter
     def headers(self, value: list[Header]) -> None:
+        self._frozen = None
         self._headers = value
         self._lines = self._keys = None
         self._changed()
 
     def header_count(self) -> int:
         """Number of header lines, without making ``Header`` objects (limits check)."""
+        if self._frozen is not None:
+            self._thaw()
         if self._headers is None and self._lines is not None:
             return len(self._lines)
         return len(self.headers)
@@ -142,6 +153,8 @@ class Message:
     def _build_index(self) -> dict[str, str]:
         """Index the header list (after edits, or for a message built from headers), from the
         raw lines when no ``Header`` objects were made (``replace_top_via`` edits them)."""
+        if self._frozen is not None:
+            self._thaw()
         first: dict[str, str] = {}
         more: dict[str, list[str]] | None = None
         if self._headers is None:
@@ -300,6 +313,8 @@ class Message:
         it edits the raw line list (a copy: lists are shared with copies) and keeps every other
         line, the index of the other headers and the other views; ``to_bytes`` then joins the
         lines instead of reusing the received bytes."""
+        if self._frozen is not None:
+            self._thaw()
         lines = self._lines
         keys = self._keys
         if self._headers is not None or lines is None or keys is None:  # built from Headers
@@ -343,6 +358,8 @@ class Message:
         """New ``Header`` objects for the lines of the headers ``keys`` (lower-case, expanded),
         grouped in the order of ``keys`` and in message order within a group, each line kept
         as received. Does not make ``Header`` objects for the other lines."""
+        if self._frozen is not None:
+            self._thaw()
         groups: dict[str, list[Header]] = {k: [] for k in keys}
         if self._headers is not None or self._lines is None:
             for h in self.headers:
@@ -375,6 +392,8 @@ class Message:
         REGISTERs a second the parsed views of those messages were most of the objects the
         garbage collector had to walk, and its pauses the worst latencies (docs/performance.md).
         """
+        if self._frozen is not None:
+            return
         hdrs = self._headers
         if hdrs is not None:
             if self._first is None:
@@ -392,6 +411,35 @@ class Message:
             self._cache = {}
         self._vias = self._cseq = self._from = self._to = None
         self._contacts = None
+
+    def freeze(self) -> None:
+        """Keep nothing but the serialised bytes (``to_bytes`` returns them as they are); any
+        other use parses them again first (``_thaw``).
+
+        Goes further than ``compact``: a server transaction keeps its request and its final
+        response for 32 s (timer J, RFC 3261 §17.2.2) only to answer retransmissions with the
+        same bytes. Over UDP at 3,000 REGISTERs a second their header lines, index and received
+        bytes were ~6 KB a transaction, over 500 MB in all (docs/performance.md)."""
+        if self._frozen is not None:
+            return
+        data = self.to_bytes()
+        self._init_state(None, self.body)
+        self._cache = _NO_CACHE  # never written while frozen: every reader thaws first
+        self._frozen = data
+
+    def _thaw(self) -> None:
+        """Undo ``freeze``: the header lines and index from the bytes, by the parser."""
+        from .parser import parse_message  # the parser builds messages: imported late
+
+        data = self._frozen
+        assert data is not None
+        twin = parse_message(data)
+        self._frozen = None
+        self._lines, self._keys = twin._lines, twin._keys
+        self._first, self._more = twin._first, twin._more
+        self._head = twin._head
+        self.body = twin.body
+        self._cache = {}
 
     # ------------------------------------------------------------------ typed views
     def _single(self, key: str) -> str:
@@ -555,6 +603,8 @@ class Message:
     def to_bytes(self) -> bytes:
         """Serialise. Untouched header lines are written as received; Content-Length is
         added when missing (a UDP message without one may leave over a stream)."""
+        if self._frozen is not None:
+            return self._frozen
         head = self._head
         if head is not None:
             # Nothing was edited: the received bytes are the serialisation.
@@ -582,6 +632,8 @@ class Message:
         raise NotImplementedError
 
     def _copy_headers_to(self, other: Message) -> None:
+        if self._frozen is not None:
+            self._thaw()
         if self._headers is None:
             # Rows, index and received bytes are never changed in place: share them.
             other._headers = None
@@ -652,6 +704,10 @@ class Request(Message):
     def compact(self) -> None:
         super().compact()
         self._uri = None  # uri_text always holds it
+
+    def freeze(self) -> None:
+        super().freeze()
+        self._uri = None
 
     def copy(self) -> Request:
         """A copy whose header list can be edited without touching this one."""

@@ -114,10 +114,11 @@ class _ServerTransaction(TransactionMachine):
 
     def _send_final(self, response: Response, now: float) -> list[Action]:
         """Send a final response. From here on the request and the response are kept only to
-        match and answer retransmissions, so both drop their parsed views (``compact``)."""
+        match and answer retransmissions, so both shrink to their bytes (``freeze``: the
+        response is serialised there, once, and sent as those bytes every time)."""
         self.last_response = response
-        response.compact()
-        self.request.compact()
+        response.freeze()
+        self.request.freeze()
         return [Send(response)]
 
     def _resend_last(self, request: Request, now: float) -> list[Action]:

@@ -376,3 +376,40 @@ def test_copy_header_lines_matches_the_header_list(name: str) -> None:
     want = [(h.name, h.key, h.value, h.raw) for k in keys for h in twin.headers if h.key == k]
     assert got == want
     assert msg.to_bytes() == twin.to_bytes()  # nothing was materialised or changed
+
+
+@pytest.mark.parametrize("name", example_names())
+def test_frozen_message_sends_the_same_bytes_and_reads_the_same(name: str) -> None:
+    """A server transaction keeps its request and final response frozen (bytes only) for the
+    32 s of timer J (RFC 3261 §17.2.2): a retransmission must get exactly the bytes of the first
+    send, and anything that reads the message later (ACK matching, management) must see what
+    it would have seen before freezing."""
+    if name == "<vectors missing>":
+        vector("rfc-examples", name)
+    data = vector("rfc-examples", name)
+    if name in ("rfc7118-8.1-F1-websocket-handshake-GET.txt", "rfc7118-8.1-F2-websocket-handshake-101.txt"):
+        return  # HTTP, not SIP
+    msg = parse_message(data)
+    twin = parse_message(data)
+    if isinstance(msg, Request):
+        via = msg.top_via.with_params(received="198.51.100.7")
+        msg.replace_top_via(via)  # an edited message freezes its edited form
+        twin.replace_top_via(via)
+    sent = msg.to_bytes()
+    msg.freeze()
+    assert msg._lines is None and msg._headers is None and msg._first is None
+    assert msg.to_bytes() == sent  # the retransmission: no parsing, the same bytes
+    # it reads as what went on the wire (where Content-Length was added when missing)
+    assert msg.header_count() == parse_message(sent).header_count()
+    assert msg.call_id == twin.call_id
+    assert (msg.cseq.seq, msg.cseq.method) == (twin.cseq.seq, twin.cseq.method)
+    assert [v.raw for v in msg.vias] == [v.raw for v in twin.vias]
+    assert msg.to_tag == twin.to_tag and msg.supported == twin.supported
+    assert [str(r) for r in msg.record_routes] == [str(r) for r in twin.record_routes]
+    assert msg.to_bytes() == sent
+    copy = msg.copy()
+    copy.add_header("X-Test", "1")
+    assert msg.to_bytes() == sent  # the copy's edit does not show through
+    from sipserver.sip.message import _NO_CACHE
+
+    assert _NO_CACHE == {}  # the shared empty cache of frozen messages stays empty
