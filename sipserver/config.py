@@ -793,6 +793,19 @@ class LimitsConfig:
         "Log a warning when a request sent over UDP is larger than this many bytes "
         "(RFC 3261 §18.1.1 prefers a congestion-controlled transport above 1300).",
     )
+    overload_queue_delay: float = _opt(
+        1.0,
+        _Float(0.0),
+        "Overload control: a new UDP request that waited longer than this many seconds in the "
+        "socket's receive queue (the kernel's receive timestamp, Linux) is answered 503 Service "
+        "Unavailable with Retry-After instead of being handled, which costs a fraction of "
+        "handling it, so the queue drains and the clients back off (RFC 3261 §21.5.4). ACK, "
+        "CANCEL and retransmissions of requests already handled are never refused. 0 turns it "
+        "off.",
+    )
+    overload_retry_after: int = _opt(
+        10, _Int(1), "Retry-After seconds of the overload 503 (see overload_queue_delay)."
+    )
 
 
 @attrs.frozen

@@ -110,6 +110,7 @@ from .transaction import (
     TransactionTable,
     TransportError,
 )
+from .transport.connection import RateLimitedLog
 from .transport.errors import ConnectFailed, FlowGone
 from .transport.flows import FlowLimits, FlowTable
 from .transport.listeners import BoundListener, ListenerSpec, serve
@@ -240,6 +241,7 @@ class Server:
         self.stats: dict[str, int] = {}
         self.metrics = Metrics()  # mgmt: responses, flow failures, latency (see mgmt/metrics.py)
         self.gc_pacer = GcPacer()
+        self._overload_log = RateLimitedLog()
         self.tracer = Tracer()  # mgmt: POST /trace filters
         self.mgmt_address: tuple[str, int] | None = None  # bound mgmt listener (port 0 resolved)
         self.udp_local: dict[int, tuple[str, int]] = {}
@@ -265,8 +267,7 @@ class Server:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                self.listeners = await nursery.start(serve, specs, self.flows, self, ssl_ctx)
-                self._learn_identity()
+                await nursery.start(serve, specs, self.flows, self, ssl_ctx, self._bound)
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._writer_loop)
                 if cfg.mgmt.listen:
@@ -311,6 +312,11 @@ class Server:
             return False
         log.info("credentials reloaded from %s: %d users", path, len(self.credentials.users()))
         return True
+
+    def _bound(self, listeners: list[BoundListener]) -> None:
+        """The listeners are bound and nothing was read yet: learn our own addresses."""
+        self.listeners = listeners
+        self._learn_identity()
 
     def _learn_identity(self) -> None:
         ident = self.identity
@@ -530,6 +536,9 @@ class Server:
         if txn is not None:
             await self._run_server_actions(txn, txn.on_request(req, now))
             return
+        if flow.transport is Transport.UDP and self._overloaded():
+            await self._shed(req, flow)
+            return
         reliable = flow.transport.reliable
         if method == "INVITE":
             txn = InviteServerTransaction(req, reliable, self.timers, now, context=self.response_flow(req, flow))
@@ -540,6 +549,29 @@ class Server:
         if method == "INVITE":
             await self._txn_respond(txn, self._response(req, 100))
         await self._dispatch(req, flow, txn)
+
+    def _overloaded(self) -> bool:
+        limit = self.cfg.limits.overload_queue_delay
+        return limit > 0 and self.flows.udp_queue_delay > limit
+
+    async def _shed(self, req: Request, flow: Flow) -> None:
+        """Overload control (``limits.overload_queue_delay``): answer a new request 503 with
+        Retry-After, statelessly, instead of handling it (RFC 3261 §21.5.4). Answering costs a
+        fraction of handling, so the queue drains, and clients back off instead of
+        retransmitting into it."""
+        self._count("overload_rejected")
+        delay = self.flows.udp_queue_delay
+        retry = self.cfg.limits.overload_retry_after
+        self._overload_log.warning(
+            "overload: UDP requests waited %.0f ms in the socket queue (limit %.0f ms); "
+            "answering new requests 503 with Retry-After: %d until it drains",
+            delay * 1000,
+            self.cfg.limits.overload_queue_delay * 1000,
+            retry,
+        )
+        await self.reply(
+            req, flow, 503, "Service Unavailable (overload)", [("Retry-After", str(retry))]
+        )
 
     async def _txn_respond(self, txn: Any, resp: Response) -> None:
         now = trio.current_time()

@@ -236,6 +236,7 @@ def _gauge(name: str, help_text: str, samples: Iterable[Sample]) -> Family:
 _STAT_FAMILIES = {
     "parse_errors": "Messages refused or dropped because they could not be parsed.",
     "rate_limited": "Requests over the per-source rate limit.",
+    "overload_rejected": "New UDP requests answered 503 because they waited too long in the socket queue (limits.overload_queue_delay).",
     "auth_failures": "Digest authentication attempts that failed (RFC 3261 §22).",
     "auth_banned": "Requests refused because their source is banned after failed logins.",
 }

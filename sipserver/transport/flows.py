@@ -120,6 +120,10 @@ class FlowTable:
         self._sink: MessageSink | None = None
         self._refused_log = RateLimitedLog()
         self._udp_size_log = RateLimitedLog()
+        # Seconds the datagram being handled waited in its UDP socket's receive queue (kernel
+        # receive timestamp; 0 when the queue was found empty or on systems without it): the
+        # runtime's overload signal.
+        self.udp_queue_delay = 0.0
 
     # -- queries -------------------------------------------------------------------------------
 

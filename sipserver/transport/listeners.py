@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
@@ -93,11 +93,15 @@ async def serve(
     table: FlowTable,
     sink: MessageSink,
     ssl_context: ssl.SSLContext | None,
+    on_bound: Callable[[list[BoundListener]], None] | None = None,
     *,
     task_status: trio.TaskStatus[list[BoundListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind every listener, report ``list[BoundListener]`` via ``nursery.start``, then serve
-    until cancelled. TLS and WSS listeners need ``ssl_context``."""
+    until cancelled. TLS and WSS listeners need ``ssl_context``. ``on_bound`` is called with
+    the bound listeners before anything is read from them (the sink may need their ports to
+    know its own addresses: a datagram already waiting is read before ``nursery.start``
+    returns)."""
     for spec in listeners:
         if spec.flow_transport.secure and ssl_context is None:
             raise ValueError(f"{spec.transport} listener on port {spec.port} needs a TLS context")
@@ -108,6 +112,8 @@ async def serve(
             for raw in await _bind(spec):
                 opened.append((spec, raw))
         bound = [_describe(spec, raw) for spec, raw in opened]
+        if on_bound is not None:
+            on_bound(bound)
         async with trio.open_nursery() as nursery:
             table._attach(nursery, sink)
             attached = True

@@ -224,3 +224,54 @@ def test_udp_binding_survives_restart(tmp_path: Path, how: str) -> None:
     contacts = resp.contacts
     assert len(contacts) == 1 and contacts[0].uri_text == "sip:carol@127.0.0.1:5999"
     assert 500 < (contacts[0].expires or 0) <= 600
+
+
+async def test_udp_requests_that_waited_too_long_get_503_retry_after(tmp_path: Path) -> None:
+    """Overload control (limits.overload_queue_delay, RFC 3261 §21.5.4): a new UDP request that
+    sat in the socket queue longer than the limit is answered 503 with Retry-After instead of
+    being handled; a retransmission of a request already answered still gets its answer, and
+    once the queue is short again requests are handled as usual."""
+    from harness import register
+
+    limits = {"overload_queue_delay": 0.1, "overload_retry_after": 7}
+    async with running_server(tmp_path, listen=["udp:127.0.0.1:0"], limits=limits) as server:
+        u = await UdpUA.open(addr(server, "udp"))
+        done = register(u, "carol")
+        await u.send(done)
+        assert (await u.recv_response()).status == 200
+        # Linux turns receive timestamps on lazily (deferred work) when the first socket asks
+        # for them, which in a test run may be this server's, a moment ago.
+        await trio.sleep(0.2)
+
+        late = register(u, "alice")
+        # Sent without yielding to trio (so the server cannot read them yet), from the UA's port.
+        with socket.socket(fileno=os.dup(u.sock.fileno())) as same_port:
+            same_port.sendto(late.encode(), u.server)
+            same_port.sendto(done.encode(), u.server)  # a retransmission of the answered one
+        time.sleep(0.3)  # the event loop is stuck: both wait in the kernel's queue
+        shed = await u.recv_response()
+        assert shed.status == 503 and shed.header("retry-after") == "7"
+        assert shed.call_id == parse_message(late.encode()).call_id
+        again = await u.recv_response()
+        assert again.status == 200  # answered from its transaction, never refused
+        assert server.store.lookup("alice@example.com", time.time()) == []
+        assert server.stats.get("overload_rejected") == 1
+
+        await u.send(late)  # the client retries once the queue is short: handled
+        assert (await u.recv_response()).status == 200
+        assert len(server.store.lookup("alice@example.com", time.time())) == 1
+        await u.close()
+
+
+async def test_overload_control_off_handles_late_requests(tmp_path: Path) -> None:
+    from harness import register
+
+    limits = {"overload_queue_delay": 0}
+    async with running_server(tmp_path, listen=["udp:127.0.0.1:0"], limits=limits) as server:
+        u = await UdpUA.open(addr(server, "udp"))
+        with socket.socket(fileno=os.dup(u.sock.fileno())) as same_port:
+            same_port.sendto(register(u, "dave").encode(), u.server)
+        time.sleep(0.3)
+        assert (await u.recv_response()).status == 200
+        assert server.stats.get("overload_rejected") is None
+        await u.close()
