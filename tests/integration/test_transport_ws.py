@@ -140,19 +140,7 @@ async def test_fragmented_message_reassembled_ws_02(nursery: trio.Nursery) -> No
     """A SIP message split over several continuation frames is one message to the sink."""
     server = await ws_server(nursery)
     host, port = server.addr(Transport.WS)
-    stream = await trio.open_tcp_stream(host, port)
-    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-    await stream.send_all(
-        client.send(wse.Request(host="localhost", target="/", subprotocols=["sip"]))
-    )
-    with trio.fail_after(2):
-        while True:
-            client.receive_data(await stream.receive_some())
-            events = list(client.events())
-            if events:
-                break
-    assert isinstance(events[0], wse.AcceptConnection)
-    assert events[0].subprotocol == "sip"
+    stream, client = await _raw_client(host, port)  # asserts the upgrade selected "sip"
     msg = sip_message(b"three frames").decode()
     parts = [msg[:20], msg[20:50], msg[50:]]
     for i, part in enumerate(parts):
@@ -236,6 +224,7 @@ async def _raw_client(host: str, port: int) -> tuple[trio.SocketStream, wsproto.
             if events:
                 break
     assert isinstance(events[0], wse.AcceptConnection)
+    assert events[0].subprotocol == "sip"
     return stream, client
 
 
