@@ -295,6 +295,15 @@ def collect(server: Any, now: float) -> list[Family]:
         )
     )
 
+    fams.append(
+        _gauge(
+            "sipserver_udp_queue_delay_seconds",
+            "How long the last UDP datagram read waited in its socket's receive queue (kernel "
+            "timestamp; 0 when the queue was empty): compare with limits.overload_queue_delay.",
+            [Sample((), round(getattr(server.flows, "udp_queue_delay", 0.0), 6))],
+        )
+    )
+
     closed: dict[tuple[str, str], int] = {}
     for (transport, cause), n in m.flows_closed.items():
         pair = (transport.value.lower(), close_label(cause))

@@ -126,6 +126,7 @@ def test_a_430_failover_is_also_a_flow_failure() -> None:
 @attrs.define
 class FakeFlows:
     counts: dict[Transport, int]
+    udp_queue_delay: float = 0.0
 
     def count(self, transport: Transport | None = None) -> int:
         return self.counts.get(transport, 0) if transport is not None else sum(self.counts.values())
@@ -194,7 +195,7 @@ def test_collect_renders_everything_the_server_knows() -> None:
                 binding("c@x", "sip:c@1", "tcp", 1000.0),  # expired, not yet swept
             ]
         ),
-        flows=FakeFlows({Transport.TCP: 2, Transport.UDP: 5}),
+        flows=FakeFlows({Transport.TCP: 2, Transport.UDP: 5}, udp_queue_delay=0.25),
         transactions=[object(), object(), object()],
     )
     values = parse(render(collect(server, now=1500.0)))
@@ -213,6 +214,7 @@ def test_collect_renders_everything_the_server_knows() -> None:
     assert values["sipserver_registered_aors"] == 2
     assert values['sipserver_flows{transport="tcp"}'] == 2
     assert values['sipserver_flows{transport="wss"}'] == 0
+    assert values["sipserver_udp_queue_delay_seconds"] == 0.25
     assert values['sipserver_flows_closed_total{transport="tcp",cause="closed"}'] == 2
     assert values['sipserver_flows_closed_total{transport="ws",cause="error"}'] == 1
     assert values['sipserver_flow_failures_total{cause="keepalive_timeout"}'] == 1
