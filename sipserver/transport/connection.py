@@ -12,6 +12,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from abc import abstractmethod
 
@@ -79,9 +80,26 @@ class Connection(Tracked):
     async def write(self, data: bytes, binary: bool | None = None) -> None:
         """Write one whole message (or keep-alive). ``binary`` only matters on WebSocket."""
 
+    async def write_frame(self, frame: bytes) -> None:
+        """Write bytes already framed for the wire (WebSocket control frames)."""
+        raise NotImplementedError("only WebSocket connections send control frames")
+
     @abstractmethod
     def abort(self) -> None:
         """Tear the transport down now, without waiting; the reader task then finishes."""
+
+
+def recv_nowait(raw: socket.socket, size: int) -> bytes | None:
+    """What the socket holds now (b"" at end of stream), or None when it holds nothing.
+
+    Readers of plain TCP and WS call this and wait with ``trio.lowlevel.wait_readable`` when it
+    returns None: an idle connection then keeps only its reader's coroutine, not trio's socket
+    wrapper's. Returning rather than raising lets the caller wait outside an exception handler,
+    which would keep the exception and its traceback alive while the connection idles."""
+    try:
+        return raw.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
 
 
 async def deliver(sink: MessageSink, flow: Flow, data: bytes) -> None:

@@ -390,11 +390,14 @@ class FlowTable:
             except Exception:
                 logger.exception("sink.on_keepalive failed for %s", flow.id)
 
-    async def _send_conn(self, conn: Connection, data: bytes, binary: bool | None = None) -> None:
-        """Serialised, time-bounded write of one message on a stream connection."""
+    async def _send_conn(
+        self, conn: Connection, data: bytes, binary: bool | None = None, *, frame: bool = False
+    ) -> None:
+        """Serialised, time-bounded write of one message on a stream connection (``frame``:
+        ``data`` is a WebSocket control frame, written as it is)."""
         if conn.cause is not None:
             raise FlowGone(conn.flow, conn.cause)
-        if conn.senders == 0:
+        if conn.senders == 0 and not frame:
             # Nobody is writing: try to hand the whole message to the kernel at once, without
             # the lock, timeout scope and reschedules of the path below (the common case).
             try:
@@ -420,7 +423,10 @@ class FlowTable:
                     raise FlowGone(conn.flow, conn.cause)
                 done = False
                 with trio.move_on_after(self.limits.send_timeout):
-                    await conn.write(data, binary)
+                    if frame:
+                        await conn.write_frame(data)
+                    else:
+                        await conn.write(data, binary)
                     conn.write_broken = False
                     done = True
                 if not done:

@@ -31,7 +31,7 @@ from sipserver.sip.framer import (
     StreamFramer,
 )
 
-from .connection import Connection, deliver, logger
+from .connection import Connection, deliver, logger, recv_nowait
 from .errors import FlowGone, TransportError
 from .sink import MessageSink
 
@@ -50,7 +50,7 @@ __all__ = [
 # Read size: big enough for a full-size SIP message in one read; the buffer is per read, not
 # per connection (an idle connection holds no receive buffer).
 _RECV_SIZE = 65536
-# Reads straight from a TCP socket before the reader goes through trio (and yields) once.
+# Reads straight from a TCP or WS socket in a row before the reader yields to other tasks.
 _READS_PER_YIELD = 16
 # Messages handled in a row before the reader yields (however many reads brought them).
 _MESSAGES_PER_YIELD = 32
@@ -76,33 +76,14 @@ class TcpConnection(Connection):
         self.sock = sock
         self.framer = framer
         # The stdlib socket under trio's, for reads and writes that need no wait (see
-        # ``receiver`` and ``write_nowait``); None if trio ever stops exposing it.
+        # ``_read_loop`` and ``write_nowait``); None if trio ever stops exposing it.
         raw = getattr(sock, "_sock", None)
         self._raw: socket.socket | None = raw if isinstance(raw, socket.socket) else None
 
     def receiver(self) -> Callable[[int], Awaitable[bytes]]:
-        """The receive function of the read loop. Data already waiting is read straight from
-        the socket, and only every ``_READS_PER_YIELD``-th read (or one that has to wait) goes
-        through trio: trio's socket methods reschedule the task on every call, which was a
-        large part of the cost of a REGISTER over TCP (docs/performance.md)."""
-        trio_recv: Callable[[int], Awaitable[bytes]] = self.sock.recv
-        raw = self._raw
-        if raw is None:
-            return trio_recv
-        raw_recv = raw.recv
-        reads = 0
-
-        async def recv(size: int) -> bytes:
-            nonlocal reads
-            reads += 1
-            if reads < _READS_PER_YIELD:
-                try:
-                    return raw_recv(size)
-                except (BlockingIOError, InterruptedError):
-                    pass
-            reads = 0
-            return await trio_recv(size)
-
+        # The read loop reads ``_raw`` itself (see ``_read_loop``); this is for the rest
+        # (draining after a framing error) and for a socket trio stops exposing.
+        recv: Callable[[int], Awaitable[bytes]] = self.sock.recv
         return recv
 
     def write_nowait(self, data: bytes) -> int | None:
@@ -362,10 +343,7 @@ async def _read_loop(
             if reads >= _READS_PER_YIELD:
                 reads = 0
                 await trio.lowlevel.checkpoint()
-            try:
-                data = raw.recv(_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                data = None  # wait outside the handler: it would keep the exception alive
+            data = recv_nowait(raw, _RECV_SIZE)
             if data is None:
                 if started:
                     with trio.move_on_at(started + partial_timeout) as scope:

@@ -48,10 +48,17 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from sipserver.outbound.flow import Flow, Transport
 
-from .connection import Connection, deliver, logger
+from .connection import Connection, deliver, logger, recv_nowait
 from .errors import FlowGone
 from .sink import MessageSink
-from .stream import _addresses, _set_nodelay, cause_of
+from .stream import (
+    _MESSAGES_PER_YIELD,
+    _READS_PER_YIELD,
+    _RECV_SIZE,
+    _addresses,
+    _set_nodelay,
+    cause_of,
+)
 
 if TYPE_CHECKING:
     from .flows import FlowTable
@@ -64,9 +71,6 @@ _CLOSE_TIMEOUT = 1.0
 # Messages between 1x and this many times max_message_size go to the sink (which answers 513);
 # beyond it the connection is closed with 1009 so one peer cannot make us buffer without bound.
 _WS_HARD_LIMIT_FACTOR = 4
-_RECV_SIZE = 65536
-_READS_PER_YIELD = 16
-_MESSAGES_PER_YIELD = 32
 _GOING_AWAY = 1001
 _TOO_BIG = 1009
 
@@ -111,7 +115,9 @@ class WsConnection(Connection):
             raise trio.ClosedResourceError("websocket closing") from exc
 
     async def write(self, data: bytes, binary: bool | None = None) -> None:
-        frame = self.frame(data, binary)
+        await self.write_frame(self.frame(data, binary))
+
+    async def write_frame(self, frame: bytes) -> None:
         # A cancelled write may leave half a frame on the wire.
         self.write_broken = True
         await self.stream.send_all(frame)
@@ -280,24 +286,11 @@ async def _send_close(conn: WsConnection, code: int) -> None:
 
 async def _send_control(table: FlowTable, conn: WsConnection, frame: bytes) -> bool:
     """A Pong or Close frame, serialised with the SIP writers; False if the flow is gone."""
-    if conn.cause is not None:
-        return False
-    lock = conn.lock
-    if lock is None:
-        lock = conn.lock = trio.StrictFIFOLock()
-    conn.senders += 1
     try:
-        async with lock:
-            with trio.move_on_after(table.limits.send_timeout):
-                await conn.stream.send_all(frame)
-                return True
+        await table._send_conn(conn, frame, frame=True)
+    except FlowGone:
         return False
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        return False
-    finally:
-        conn.senders -= 1
-        if conn.senders == 0:
-            conn.lock = None
+    return True
 
 
 async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) -> str:
@@ -319,10 +312,7 @@ async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) ->
             if reads >= _READS_PER_YIELD:
                 reads = 0
                 await trio.lowlevel.checkpoint()
-            try:
-                data = raw.recv(_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                data = None  # wait outside the handler: it would keep the exception alive
+            data = recv_nowait(raw, _RECV_SIZE)
             if data is None:
                 await trio.lowlevel.wait_readable(raw)
                 reads = 0

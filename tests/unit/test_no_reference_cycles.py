@@ -1,7 +1,7 @@
 """The REGISTER path leaves no reference cycles behind.
 
-The runtime lets CPython's collector run full collections only rarely (``GC_THRESHOLDS`` in
-``sipserver/runtime.py``): one full collection walks every binding and costs hundreds of
+The runtime lets CPython's collector run full collections only rarely (``GcPacer`` in
+``sipserver/gcpace.py``): one full collection walks every binding and costs hundreds of
 milliseconds at 100,000 bindings. That is only safe while the steady-state work frees what it
 drops by reference counting. These tests parse, answer and retire REGISTERs (new, refreshed,
 replaced over a new flow, removed) with the collector off and check that a collection then
