@@ -78,7 +78,7 @@ async def main(args: argparse.Namespace) -> None:
             await nursery.start(server.run)
             table = server.flows
             endpoint = next(iter(table._udp.values()))
-            state = table._open_udp(endpoint, ("127.0.0.1", port), trio.current_time())
+            state = table.open_udp(endpoint, ("127.0.0.1", port), trio.current_time())
             flow = state.flow
             n = args.count
             rounds = args.rounds

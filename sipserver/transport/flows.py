@@ -204,14 +204,14 @@ class FlowTable:
         conn = self._streams.get(flow)
         if conn is None:
             raise FlowGone(flow, "no such connection")
-        await self._send_conn(conn, data)
+        await self.send_on(conn, data)
 
     def close(self, flow: Flow, cause: str = "closed by server") -> None:
         """End the flow now (reported to the sink at once); unknown flows are ignored."""
         tracked = self._tracked(flow)
         if tracked is None:
             return
-        self._end(tracked, cause)
+        self.end(tracked, cause)
         if isinstance(tracked, Connection):
             tracked.abort()
 
@@ -256,20 +256,20 @@ class FlowTable:
         try:
             conn = await open_stream_connection(self, transport, remote, ctx, server_hostname)
         except trio.TooSlowError:
-            self._release(ip)
+            self.release(ip)
             raise ConnectFailed(transport, remote, "timeout") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
-            self._release(ip)
+            self.release(ip)
             inner = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
             raise ConnectFailed(transport, remote, str(inner or exc) or type(exc).__name__) from exc
         except BaseException:
-            self._release(ip)
+            self.release(ip)
             raise
         if self._nursery is None or self._sink is None:  # shut down while connecting
             conn.abort()
-            self._release(ip)
+            self.release(ip)
             raise ConnectFailed(transport, remote, "transport not serving")
-        self._register(conn)
+        self.register(conn)
         self._nursery.start_soon(self._run_outgoing, self._sink, conn, ip)
         return conn.flow
 
@@ -278,33 +278,41 @@ class FlowTable:
             assert isinstance(conn, TcpConnection | TlsConnection)
             await run_stream_connection(self, sink, conn)
         finally:
-            self._release(ip)
+            self.release(ip)
 
-    # -- for the listeners (private to the transport package) -------------------------------
+    # -- for the transport modules (listeners and readers); the runtime never calls these ---
 
-    def _attach(self, nursery: trio.Nursery, sink: MessageSink) -> None:
+    def attach(self, nursery: trio.Nursery, sink: MessageSink) -> None:
+        """``serve`` starts: outgoing connections run in ``nursery``, reports go to ``sink``.
+        A table is served by one ``serve`` at a time (RuntimeError otherwise)."""
         if self._nursery is not None:
             raise RuntimeError("this FlowTable is already being served")
         self._nursery = nursery
         self._sink = sink
 
-    def _detach(self) -> None:
-        """After the listeners stopped: forget the UDP flows (reported "shutdown")."""
+    def detach(self) -> None:
+        """``serve`` ended (its listeners and connections are gone): forget the UDP flows,
+        each reported closed with "shutdown", and the nursery and sink."""
         for endpoint in list(self._udp.values()):
             for state in list(endpoint.flows.values()):
-                self._end(state, "shutdown")
+                self.end(state, "shutdown")
         self._udp.clear()
         self._nursery = None
         self._sink = None
 
-    def _add_udp(self, endpoint: UdpEndpoint) -> None:
+    def add_udp(self, endpoint: UdpEndpoint) -> None:
+        """A bound UDP socket: ``send`` uses it for flows with its local address."""
         self._udp[endpoint.local] = endpoint
 
-    def _new_serial(self) -> int:
+    def new_serial(self) -> int:
+        """The serial of a new stream flow, unique for this table (taken once the connection
+        is established, so serials number real flows)."""
         return self._serial_base + next(self._serials)
 
-    def _admit(self, ip: str) -> bool:
-        """Count an accepted connection, or refuse it when a limit is reached."""
+    def admit(self, ip: str) -> bool:
+        """Count an accepted connection from ``ip`` against the limits; False (logged, not
+        counted) when one is reached. Every True is matched by one ``release(ip)`` when the
+        socket is closed."""
         limits = self.limits
         if self._total >= limits.max_connections:
             self._refused_log.warning(
@@ -327,7 +335,8 @@ class FlowTable:
         self._total += 1
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
 
-    def _release(self, ip: str) -> None:
+    def release(self, ip: str) -> None:
+        """The socket of a connection counted by ``admit`` (or ``connect``) is closed."""
         self._total -= 1
         left = self._per_ip.get(ip, 0) - 1
         if left > 0:
@@ -335,14 +344,19 @@ class FlowTable:
         else:
             self._per_ip.pop(ip, None)
 
-    def _register(self, conn: Connection) -> None:
+    def register(self, conn: Connection) -> None:
+        """An established connection (after its handshakes) becomes a live flow: reported
+        opened, reusable by ``find_stream``, watched by the reaper. Its reader must call
+        ``end`` when it finishes."""
         flow = conn.flow
         self._streams[flow] = conn
         self._by_remote[(flow.transport, flow.remote)] = conn
         self._schedule(conn)
         self._report_opened(conn.flow)
 
-    def _open_udp(self, endpoint: UdpEndpoint, remote: Address, now: float) -> UdpFlowState:
+    def open_udp(self, endpoint: UdpEndpoint, remote: Address, now: float) -> UdpFlowState:
+        """The first datagram from ``remote`` on ``endpoint``: a new UDP flow, reported opened
+        (the caller has checked that ``endpoint.flows`` has none for ``remote``)."""
         state = UdpFlowState(
             Flow(Transport.UDP, endpoint.local, remote, 0), now, self.limits.idle_flow_timeout
         )
@@ -351,8 +365,9 @@ class FlowTable:
         self._report_opened(state.flow)
         return state
 
-    def _end(self, tracked: Tracked, cause: str) -> None:
-        """Forget a flow and report it closed, once; later calls do nothing."""
+    def end(self, tracked: Tracked, cause: str) -> None:
+        """Forget a flow and report it closed with ``cause``, once; later calls do nothing
+        (the first cause wins). It does not tear the transport down (``Connection.abort``)."""
         if tracked.cause is not None:
             return
         tracked.cause = cause
@@ -383,18 +398,20 @@ class FlowTable:
             except Exception:
                 logger.exception("sink.on_flow_opened failed for %s", flow.id)
 
-    def _report_keepalive(self, flow: Flow) -> None:
+    def report_keepalive(self, flow: Flow) -> None:
+        """A keep-alive on ``flow`` was answered (CRLF pong or STUN response): tell the sink."""
         if self._sink is not None:
             try:
                 self._sink.on_keepalive(flow)
             except Exception:
                 logger.exception("sink.on_keepalive failed for %s", flow.id)
 
-    async def _send_conn(
+    async def send_on(
         self, conn: Connection, data: bytes, binary: bool | None = None, *, frame: bool = False
     ) -> None:
         """Serialised, time-bounded write of one message on a stream connection (``frame``:
-        ``data`` is a WebSocket control frame, written as it is)."""
+        ``data`` is a WebSocket control frame, written as it is). Raises ``FlowGone`` when the
+        flow is dead or the write fails or times out (the flow is then ended and aborted)."""
         if conn.cause is not None:
             raise FlowGone(conn.flow, conn.cause)
         if conn.senders == 0 and not frame:
@@ -447,7 +464,7 @@ class FlowTable:
                 conn.lock = None
 
     def _fail(self, conn: Connection, cause: str) -> None:
-        self._end(conn, cause)
+        self.end(conn, cause)
         conn.abort()
 
     async def _send_udp(self, flow: Flow, data: bytes) -> None:
@@ -469,7 +486,7 @@ class FlowTable:
             state = endpoint.flows.get(flow.remote)
             cause = f"send error: {exc.strerror or exc}"
             if state is not None:
-                self._end(state, cause)
+                self.end(state, cause)
             raise FlowGone(flow, cause) from exc
 
     def _udp_endpoint_for(self, local: Address, remote: Address) -> UdpEndpoint | None:
@@ -532,10 +549,11 @@ class FlowTable:
             if isinstance(tracked, Connection):
                 self._fail(tracked, cause)
             else:
-                self._end(tracked, cause)
+                self.end(tracked, cause)
 
-    async def _run_reaper(self, slack: float = 0.02) -> None:
-        """Close stream flows and forget UDP flows silent longer than their limit."""
+    async def run_reaper(self, slack: float = 0.02) -> None:
+        """The idle reaper task (run by ``serve``): close stream flows and forget UDP flows
+        silent longer than their limit."""
         while True:
             self._reap(trio.current_time())
             self._reaper_target = self._heap[0][0] if self._heap else math.inf

@@ -115,12 +115,12 @@ async def serve(
         if on_bound is not None:
             on_bound(bound)
         async with trio.open_nursery() as nursery:
-            table._attach(nursery, sink)
+            table.attach(nursery, sink)
             attached = True
             for spec, raw in opened:
                 if spec.flow_transport is Transport.UDP:
                     endpoint = UdpEndpoint(raw)
-                    table._add_udp(endpoint)
+                    table.add_udp(endpoint)
                     nursery.start_soon(run_udp_endpoint, table, sink, endpoint)
                 else:
                     nursery.start_soon(
@@ -132,13 +132,13 @@ async def serve(
                         ssl_context,
                         nursery,
                     )
-            nursery.start_soon(table._run_reaper)
+            nursery.start_soon(table.run_reaper)
             for item in bound:
                 logger.debug("listening on %s", item)
             task_status.started(bound)
     finally:
         if attached:
-            table._detach()
+            table.detach()
         for _, raw in opened:
             raw.close()
 
@@ -222,7 +222,7 @@ async def _accept_loop(
                 await trio.sleep(0)
             continue
         ip = addr[0]
-        if not table._admit(ip):
+        if not table.admit(ip):
             sock.close()
             continue
         try:
@@ -251,5 +251,5 @@ async def _accept_loop(
                 )
         except BaseException:
             sock.close()
-            table._release(ip)
+            table.release(ip)
             raise

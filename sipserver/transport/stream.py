@@ -200,7 +200,7 @@ async def handle_accepted_stream(
         # frame and the reader's alive.
         conn = await _set_up_accepted(table, sock, transport, ssl_context)
         if conn is not None:
-            table._register(conn)
+            table.register(conn)
             cause = "closed by peer"
             try:
                 cause = await _read_loop(table, sink, conn)
@@ -209,14 +209,14 @@ async def handle_accepted_stream(
                 if not isinstance(exc, Exception):  # cancellation: shutdown goes on
                     raise
             finally:
-                table._end(conn, cause)
+                table.end(conn, cause)
                 conn.abort()
     except Exception:
         # A bug or an unexpected library error: it ends this connection, never the listener.
         logger.exception("connection from %s failed", ip)
     finally:
         sock.close()
-        table._release(ip)
+        table.release(ip)
 
 
 async def _set_up_accepted(
@@ -247,11 +247,11 @@ async def _set_up_accepted(
         if scope.cancelled_caught:
             logger.debug("TLS handshake with %s timed out", remote)
             return None
-        flow = Flow(transport, local, remote, table._new_serial())
+        flow = Flow(transport, local, remote, table.new_serial())
         return TlsConnection(
             flow, trio.current_time(), limits.idle_flow_timeout, sock, stream, framer
         )
-    flow = Flow(transport, local, remote, table._new_serial())
+    flow = Flow(transport, local, remote, table.new_serial())
     return TcpConnection(flow, trio.current_time(), limits.idle_flow_timeout, sock, framer)
 
 
@@ -284,11 +284,11 @@ async def open_stream_connection(
                     https_compatible=True,
                 )
                 await stream.do_handshake()
-                flow = Flow(transport, local, peer, table._new_serial())
+                flow = Flow(transport, local, peer, table.new_serial())
                 return TlsConnection(
                     flow, trio.current_time(), limits.idle_flow_timeout, sock, stream, framer
                 )
-            flow = Flow(transport, local, peer, table._new_serial())
+            flow = Flow(transport, local, peer, table.new_serial())
             return TcpConnection(flow, trio.current_time(), limits.idle_flow_timeout, sock, framer)
     except BaseException:
         sock.close()
@@ -307,7 +307,7 @@ async def run_stream_connection(
         if not isinstance(exc, Exception):  # cancellation: shutdown goes on
             raise
     finally:
-        table._end(conn, cause)
+        table.end(conn, cause)
         conn.abort()
 
 
@@ -378,7 +378,7 @@ async def _read_loop(
             except FramingError as exc:
                 await _framing_error(sink, flow, exc)
                 cause = f"framing error ({exc.status} {exc.reason})"
-                table._end(conn, cause)
+                table.end(conn, cause)
                 await _linger(conn, receive or conn.receiver())
                 return cause
             if event is None:
@@ -395,10 +395,10 @@ async def _read_loop(
             elif type(event) is KeepalivePing:
                 # RFC 5626 §4.4.1 / OB-EP-14: answer a ping at once with a single CRLF.
                 try:
-                    await table._send_conn(conn, _PONG)
+                    await table.send_on(conn, _PONG)
                 except FlowGone as gone:
                     return gone.cause
-                table._report_keepalive(flow)
+                table.report_keepalive(flow)
             # KeepalivePong: activity only, never answered (OB-KA-01).
             if conn.cause is not None:
                 return conn.cause

@@ -142,7 +142,7 @@ async def run_udp_endpoint(table: FlowTable, sink: MessageSink, endpoint: UdpEnd
         now = trio.current_time()
         state = flows.get(remote)
         if state is None:
-            state = table._open_udp(endpoint, remote, now)
+            state = table.open_udp(endpoint, remote, now)
         else:
             state.last_activity = now
         if not data:
@@ -157,7 +157,7 @@ async def run_udp_endpoint(table: FlowTable, sink: MessageSink, endpoint: UdpEnd
                 except OSError as exc:
                     logger.debug("cannot answer STUN from %s: %s", remote, exc)
                 else:
-                    table._report_keepalive(state.flow)
+                    table.report_keepalive(state.flow)
             continue
         if first in _BLANK and not data.strip(_BLANK):
             continue  # CRLF keep-alive over UDP: activity only

@@ -145,7 +145,7 @@ async def handle_accepted_websocket(
     try:
         conn = await _set_up_accepted(table, sock, transport, ssl_context, path)
         if conn is not None:
-            table._register(conn)
+            table.register(conn)
             cause = "closed by peer"
             try:
                 cause = await _read_loop(table, sink, conn)
@@ -158,14 +158,14 @@ async def handle_accepted_websocket(
                 logger.exception("reader of %s failed", conn.flow.id)
                 cause = "internal error"
             finally:
-                table._end(conn, cause)
+                table.end(conn, cause)
                 await _send_close(conn, _GOING_AWAY if (conn.cause or cause) == "shutdown" else 1000)
     except Exception:
         # A bug or an unexpected library error: it ends this connection, never the listener.
         logger.exception("WebSocket connection from %s failed", ip)
     finally:
         sock.close()
-        table._release(ip)
+        table.release(ip)
 
 
 async def _set_up_accepted(
@@ -208,7 +208,7 @@ async def _set_up_accepted(
     if proto is None:
         return None
     # The serial is taken only now, so it numbers real flows.
-    flow = Flow(transport, local, remote, table._new_serial())
+    flow = Flow(transport, local, remote, table.new_serial())
     return WsConnection(flow, trio.current_time(), limits.idle_flow_timeout, sock, stream, proto)
 
 
@@ -287,7 +287,7 @@ async def _send_close(conn: WsConnection, code: int) -> None:
 async def _send_control(table: FlowTable, conn: WsConnection, frame: bytes) -> bool:
     """A Pong or Close frame, serialised with the SIP writers; False if the flow is gone."""
     try:
-        await table._send_conn(conn, frame, frame=True)
+        await table.send_on(conn, frame, frame=True)
     except FlowGone:
         return False
     return True
@@ -350,10 +350,10 @@ async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) ->
                     # reach SIP.
                     if payload == _PING:
                         try:
-                            await table._send_conn(conn, _CRLF_ONLY, binary=binary)
+                            await table.send_on(conn, _CRLF_ONLY, binary=binary)
                         except FlowGone as gone:
                             return gone.cause
-                        table._report_keepalive(flow)
+                        table.report_keepalive(flow)
                     continue
                 await deliver(sink, flow, payload)
                 handled += 1
