@@ -1,10 +1,12 @@
 # Shared pieces of the sipp-driven benchmarks (sourced by register_bench.sh and call_bench.sh).
 # Installs nothing: a missing sipp is reported with the command that installs it (exit 2).
 #
-# After `bench_setup`, these are set: REPO, SIPP_DIR, WORK (temp dir, removed on exit unless
-# KEEP_WORK=1), CLK_TCK. `start_server CONFIG_TEXT` sets SERVER_PID and SERVER_PORT (UDP+TCP).
+# After `bench_setup`, these are set: REPO, SIPP_DIR, PYTHON (see _python.sh), WORK (temp dir,
+# removed on exit unless KEEP_WORK=1), CLK_TCK. `start_server CONFIG_TEXT` sets SERVER_PID and
+# SERVER_PORT (UDP+TCP).
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+. "$REPO/scripts/bench/_python.sh"
 SIPP_DIR="$REPO/scripts/sipp"
 SERVER_PID=""
 SIPP_BIN="${SIPP:-sipp}"
@@ -19,7 +21,8 @@ need_sipp() {
 
 bench_setup() {
     need_sipp
-    command -v python3 >/dev/null 2>&1 || { echo "python3 is required" >&2; exit 2; }
+    command -v "$PYTHON" >/dev/null 2>&1 || {
+        echo "$PYTHON not found: set PYTHON, or run ./scripts/test once to create .venv" >&2; exit 2; }
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/sipserver-bench.XXXXXX")"
     CLK_TCK="$(getconf CLK_TCK)"
     trap bench_cleanup EXIT
@@ -47,7 +50,7 @@ bench_cleanup() {
 
 # A loopback port free for both TCP and UDP.
 free_port() {
-    python3 - <<'EOF'
+    "$PYTHON" - <<'EOF'
 import socket
 for _ in range(100):
     t = socket.socket(); t.bind(("127.0.0.1", 0)); port = t.getsockname()[1]
@@ -62,12 +65,21 @@ for _ in range(100):
 EOF
 }
 
-# The installed entry point if there is one, else the package from this checkout.
+# The installed entry point if there is one, else the package from this checkout run by $PYTHON.
+# server_cmd prints it; run_sipserver ARGS... runs it.
 server_cmd() {
     if command -v sipserver >/dev/null 2>&1; then
         echo sipserver
     else
-        echo "python3 -m sipserver"
+        echo "$PYTHON -m sipserver"
+    fi
+}
+
+run_sipserver() {
+    if command -v sipserver >/dev/null 2>&1; then
+        sipserver "$@"
+    else
+        "$PYTHON" -m sipserver "$@"
     fi
 }
 
@@ -75,8 +87,7 @@ server_cmd() {
 start_server() {
     SERVER_PORT="$(free_port)"
     printf '%s\n' "$1" > "$WORK/server.toml"
-    # shellcheck disable=SC2046
-    PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" $(server_cmd) run -c "$WORK/server.toml" \
+    PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" run_sipserver run -c "$WORK/server.toml" \
         --listen "udp:127.0.0.1:$SERVER_PORT" --listen "tcp:127.0.0.1:$SERVER_PORT" \
         --data-dir "$WORK/data" --domain example.com >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
@@ -135,7 +146,7 @@ rtt_summary() {
 
 # make_users FILE PREFIX COUNT: sipp -inf file "USER;INSTANCE-UUID", one unique AoR per line.
 make_users() {
-    python3 - "$1" "$2" "$3" <<'EOF'
+    "$PYTHON" - "$1" "$2" "$3" <<'EOF'
 import sys
 path, prefix, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(path, "w") as f:

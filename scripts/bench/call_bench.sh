@@ -3,7 +3,8 @@
 #
 #   scripts/bench/call_bench.sh [--rate N] [--duration S] [--hold MS]
 #
-# Starts sipserver (installed `sipserver`, else `python3 -m sipserver` from this checkout) on free
+# Starts sipserver (installed `sipserver`, else `python -m sipserver` from this checkout with the
+# interpreter _python.sh picks: $PYTHON, .venv/bin/python or python3) on free
 # loopback ports with the default SQLite location store in a temp data dir, then:
 #   callee  ONE sipp process, ONE TCP connection (-t t1): its main scenario
 #           (scripts/sipp/outbound_register.xml) registers bob@example.com with outbound

@@ -3,11 +3,13 @@
 # registrar job, on the same machine, with the same clients.
 #
 #   scripts/bench/compare.sh [--rounds N] [--quick] [--only WORKLOAD[,WORKLOAD..]]
-#                            [--wait-idle SECONDS] [--keep]
+#                            [--wait-idle SECONDS] [--keep] [--check]
 #
 # Servers (both on 127.0.0.1, free ports, started fresh for every measurement, stopped after):
-#   sipserver  `python3 -m sipserver run -c FILE` from this checkout: SQLite location store (the
-#              default), rate limits off, connection limits raised, log level warning.
+#   sipserver  `$PYTHON -m sipserver run -c FILE` from this checkout: SQLite location store (the
+#              default), rate limits off, connection limits raised, log level warning. PYTHON
+#              (also for the Python load clients) is $PYTHON if set, else .venv/bin/python of
+#              this checkout if there is one, else python3 (scripts/bench/_python.sh).
 #   Kamailio   scripts/bench/kamailio/kamailio.cfg: tm, sl, rr (append_fromtag), path, outbound,
 #              registrar (outbound_mode 1: Require: outbound), usrloc in memory (db_mode 0),
 #              websocket; children=2, tcp_children=2. Before measuring, a sipp REGISTER checks
@@ -50,11 +52,13 @@
 # used meanwhile by neither the server nor the clients, and is marked MACHINE_BUSY above 2 s.
 # --wait-idle S: before each run wait up to S seconds for the machine to be idle (default 0).
 # --keep (or KEEP_WORK=1) keeps the work directory: server logs, sipp stats and error logs.
+# --check: only check that the tools are there (exit 0 if so, 2 if not) and say which are used.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 CMP="$HERE/compare"
+. "$HERE/_python.sh"
 KCFG="$HERE/kamailio/kamailio.cfg"
 ALL="reg_udp reg_tcp reg_tcpn calls flow_bytes_tcp flow_bytes_ws keepalive_p99_ms failover_p99_ms"
 
@@ -65,6 +69,7 @@ QUICK=0
 ONLY=""
 KEEP="${KEEP_WORK:-0}"
 IDLE_WAIT=0
+CHECK=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) [ $# -ge 2 ] || usage; ROUNDS="$2"; shift 2 ;;
@@ -72,6 +77,7 @@ while [ $# -gt 0 ]; do
         --only) [ $# -ge 2 ] || usage; ONLY="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --wait-idle) [ $# -ge 2 ] || usage; IDLE_WAIT="$2"; shift 2 ;;
+        --check) CHECK=1; shift ;;
         -h|--help) usage ;;
         *) usage ;;
     esac
@@ -99,11 +105,16 @@ if [ -z "$KAMAILIO" ]; then
          "kamailio-websocket-modules' (Debian/Ubuntu)" >&2
     missing=1
 fi
-if ! python3 -c 'import trio, trio_websocket' >/dev/null 2>&1; then
-    echo "python3 with trio and trio-websocket is required (the project's own dependencies)" >&2
+if ! "$PYTHON" -c 'import trio, trio_websocket' >/dev/null 2>&1; then
+    echo "$PYTHON: a python with trio and trio-websocket is required (the project's own" \
+         "dependencies): run ./scripts/test once to create .venv, or set PYTHON" >&2
     missing=1
 fi
 [ "$missing" = 0 ] || exit 2
+if [ "$CHECK" = 1 ]; then
+    echo "tools ok: $(command -v sipp), $KAMAILIO, $PYTHON ($("$PYTHON" -V 2>&1))"
+    exit 0
+fi
 TIME_BIN=""
 [ -x /usr/bin/time ] && TIME_BIN=/usr/bin/time
 
@@ -146,7 +157,7 @@ trap 'exit 130' INT TERM
 
 # free_ports N: N different loopback ports, each free for both TCP and UDP right now.
 free_ports() {
-    python3 - "$1" <<'EOF'
+    "$PYTHON" - "$1" <<'EOF'
 import socket, sys
 want, found, held = int(sys.argv[1]), [], []
 for _ in range(500):
@@ -193,7 +204,7 @@ enabled = false
 max_connections = 200000
 max_connections_per_ip = 200000
 EOF
-        (cd "$dir" && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec python3 -m sipserver run \
+        (cd "$dir" && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m sipserver run \
             -c "$dir/sipserver.toml" >"$SERVER_LOG" 2>&1) &
     else
         (cd "$dir" && exec "$KAMAILIO" -f "$KCFG" -DD -E -A "WS_PORT=$WS_PORT" \
@@ -219,7 +230,7 @@ EOF
 stop_server() {
     [ -n "$SERVER_PID" ] || return 0
     local pids
-    pids="$(python3 "$CMP/proc.py" tree "$SERVER_PID" 2>/dev/null || true)"
+    pids="$("$PYTHON" "$CMP/proc.py" tree "$SERVER_PID" 2>/dev/null || true)"
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
     for pid in $pids; do kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null || true; done
@@ -229,7 +240,7 @@ stop_server() {
     SERVER_PID=""
 }
 
-server_cpu() { python3 "$CMP/proc.py" cpu "$SERVER_PID"; }
+server_cpu() { "$PYTHON" "$CMP/proc.py" cpu "$SERVER_PID"; }
 
 # CPU seconds the whole machine has been busy (user, nice, system, irq, softirq, steal).
 busy_seconds() {
@@ -364,7 +375,7 @@ run_reg() {  # run_reg WORKLOAD SERVER ROUND
     stop_server
     local rtt; rtt="$(find "$dir" -maxdepth 1 -name '*_rtt.csv' | head -1)"
     local sent ok failed per_s p50 p99
-    read -r sent ok failed per_s p50 p99 < <(python3 "$CMP/proc.py" sipp "$dir/stat.csv" "${rtt:-/nonexistent}" reg)
+    read -r sent ok failed per_s p50 p99 < <("$PYTHON" "$CMP/proc.py" sipp "$dir/stat.csv" "${rtt:-/nonexistent}" reg)
     local note="offered=${rate}/s sent=$sent ok=$ok failed=$failed p50_ms=$p50 p99_ms=$p99 sipp_rc=$rc other_cpu_s=$(other_cpu "$(cat "$dir/sipp_cpu")")"
     [ -n "$TW_AT_START" ] && note+=" time_wait_at_start=$TW_AT_START"
     [ "$errs" != 0 ] && note+=" server_log_errors=$errs"
@@ -416,7 +427,7 @@ run_calls() {  # run_calls SERVER ROUND
     stop_server
     local rtt; rtt="$(find "$dir/caller" -maxdepth 1 -name '*_rtt.csv' | head -1)"
     local sent ok failed per_s p50 p99
-    read -r sent ok failed per_s p50 p99 < <(python3 "$CMP/proc.py" sipp "$dir/caller/stat.csv" "${rtt:-/nonexistent}" setup)
+    read -r sent ok failed per_s p50 p99 < <("$PYTHON" "$CMP/proc.py" sipp "$dir/caller/stat.csv" "${rtt:-/nonexistent}" setup)
     local ccpu
     ccpu="$(awk 'BEGIN { s = 0; na = 0 } { if ($1 == "na") na = 1; else s += $1 } END { if (na) print "na"; else printf "%.2f\n", s }' \
         "$dir/caller_cpu" "$dir/callee_cpu" 2>/dev/null || echo na)"
@@ -438,7 +449,7 @@ run_flows() {  # run_flows tcp|ws SERVER ROUND
     local dur=0
     [ "$tr" = tcp ] && selected keepalive_p99_ms && dur="$KA_DUR"
     local rc=0
-    timed "$dir/client_cpu" timeout $((dur + 240)) python3 "$CMP/flows.py" --port "$SIP_PORT" \
+    timed "$dir/client_cpu" timeout $((dur + 240)) "$PYTHON" "$CMP/flows.py" --port "$SIP_PORT" \
         --ws-port "$WS_PORT" --pid "$SERVER_PID" --transport "$tr" --flows "$FLOWS" \
         --interval "$KA_INTERVAL" --duration "$dur" >"$dir/flows.out" 2>&1 || rc=$?
     run_end
@@ -472,7 +483,7 @@ run_failover() {  # run_failover SERVER ROUND
     run_begin
     local cpu0 cpu1 rc=0
     cpu0="$(server_cpu)"
-    timed "$dir/client_cpu" timeout $((FO_CLOSE * 15 + FO_430 * 15 + 60)) python3 "$CMP/failover.py" \
+    timed "$dir/client_cpu" timeout $((FO_CLOSE * 15 + FO_430 * 15 + 60)) "$PYTHON" "$CMP/failover.py" \
         --port "$SIP_PORT" --close-rounds "$FO_CLOSE" --f430-rounds "$FO_430" --wait 12 \
         >"$dir/failover.out" 2>&1 || rc=$?
     cpu1="$(server_cpu)"
@@ -499,7 +510,7 @@ run_failover() {  # run_failover SERVER ROUND
 # ---------------------------------------------------------------- main
 echo "== sipserver vs Kamailio, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(free -h | awk '/^Mem:/ { print $2 }') RAM, $(uname -sr)"
-echo "versions: $("$KAMAILIO" -v 2>/dev/null | head -1 | sed 's/^version: //'); $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1); $(python3 -V); trio $(python3 -c 'import trio; print(trio.__version__)')"
+echo "versions: $("$KAMAILIO" -v 2>/dev/null | head -1 | sed 's/^version: //'); $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1); $("$PYTHON" -V 2>&1); trio $("$PYTHON" -c 'import trio; print(trio.__version__)')"
 echo "sizes: rounds=$ROUNDS REG_RATE=$REG_RATE REG_TCPN_RATE=$REG_TCPN_RATE REG_DUR=$REG_DUR CALL_RATE=$CALL_RATE CALL_DUR=$CALL_DUR CALLEES=$CALLEES FLOWS=$FLOWS KA_INTERVAL=$KA_INTERVAL KA_DUR=$KA_DUR FO_CLOSE=$FO_CLOSE FO_430=$FO_430"
 echo "workloads:$SELECTED"
 echo "work dir: $WORK"
@@ -530,4 +541,4 @@ for wl in $ALL; do
 done
 
 echo
-python3 "$CMP/proc.py" report "$RESULTS"
+"$PYTHON" "$CMP/proc.py" report "$RESULTS"

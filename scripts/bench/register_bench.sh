@@ -3,7 +3,8 @@
 #
 #   scripts/bench/register_bench.sh [--transport udp|tcp|tcpn|all] [--rate N] [--duration S]
 #
-# Starts sipserver (installed `sipserver`, else `python3 -m sipserver` from this checkout) on free
+# Starts sipserver (installed `sipserver`, else `python -m sipserver` from this checkout with the
+# interpreter _python.sh picks: $PYTHON, .venv/bin/python or python3) on free
 # loopback ports with the default SQLite location store in a temp data dir, then for each
 # transport runs scripts/sipp/outbound_register.xml at RATE registrations/s for DURATION s, every
 # REGISTER a different AoR and +sip.instance (sipp -inf), each one checked for 200 +

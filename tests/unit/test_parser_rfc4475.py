@@ -1,17 +1,14 @@
 """RFC 4475 torture messages through the parser (issue "SIP message core").
 
-The messages are the byte-exact files in ``../shared/vectors/rfc4475`` (see its README.md); the
+The messages are the byte-exact files in ``tests/vectors/rfc4475`` (see its README.md); the
 manifest says which are valid and what a proxy/registrar should do. ``POLICY`` below is this
 parser's answer for each one; a message the manifest lists but ``POLICY`` does not fails the
 suite, so a new vector forces a decision.
-
-Without the vectors folder the tests skip (naming it), except under ``CI=true``, where they fail.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,21 +25,12 @@ from sipserver.sip import (
     parse_message,
 )
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 FOLDER = VECTORS / "rfc4475"
 
 
-def vector_folder() -> Path:
-    if not FOLDER.is_dir():
-        reason = f"RFC 4475 vectors folder {FOLDER} is missing"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return FOLDER
-
-
 def load(name: str) -> bytes:
-    return (vector_folder() / f"{name}.dat").read_bytes()
+    return (FOLDER / f"{name}.dat").read_bytes()
 
 
 def parse(name: str) -> Message:
@@ -50,7 +38,7 @@ def parse(name: str) -> Message:
 
 
 def manifest() -> dict[str, dict[str, str]]:
-    with open(vector_folder() / "manifest.tsv", newline="", encoding="utf-8") as f:
+    with open(FOLDER / "manifest.tsv", newline="", encoding="utf-8") as f:
         return {row["name"]: row for row in csv.DictReader(f, delimiter="\t")}
 
 

@@ -33,7 +33,7 @@ from sipserver.registrar import (
 )
 from sipserver.sip import ParseError, Request, Response, parse_message, parse_sip_uri
 
-VECTORS = Path("/work/shared/vectors")
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 RFC_EXAMPLES = VECTORS / "rfc-examples"
 RFC4475 = VECTORS / "rfc4475"
 

@@ -1,14 +1,12 @@
 """Example messages of RFC 3327 §5, RFC 5626 §9 and RFC 7118 §8 through the parser
 (issue "SIP message core"; OB-REG-*, OB-EP-15 Flow-Timer, RFC 5627 GRUU parameters).
 
-The messages are ``../shared/vectors/rfc-examples/*.txt`` (see NOTES.md there: CRLF line ends,
-RFC line folding kept on purpose, placeholders). Without the folder the tests skip (naming it),
-except under ``CI=true``, where they fail.
+The messages are ``tests/vectors/rfc-examples/*.txt`` (see NOTES.md there: CRLF line ends,
+RFC line folding kept on purpose, placeholders).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -24,35 +22,24 @@ from sipserver.sip import (
 )
 from sipserver.sip.headers import unquote_value
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 FOLDER = VECTORS / "rfc-examples"
 
 # RFC 7118 §8.1 F1/F2 are the HTTP WebSocket handshake, not SIP: the parser must refuse them.
 HTTP_HANDSHAKE = {"rfc7118-8.1-F1-websocket-handshake-GET.txt", "rfc7118-8.1-F2-websocket-handshake-101.txt"}
 
 
-def vector_folder() -> Path:
-    if not FOLDER.is_dir():
-        reason = f"RFC example vectors folder {FOLDER} is missing"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return FOLDER
-
-
 def sip_files() -> list[str]:
-    if not FOLDER.is_dir():
-        return ["<vectors missing>"]
     return sorted(p.name for p in FOLDER.glob("*.txt") if p.name not in HTTP_HANDSHAKE)
 
 
 def load(name: str) -> bytes:
-    return (vector_folder() / name).read_bytes()
+    return (FOLDER / name).read_bytes()
 
 
 def find(prefix: str) -> Message:
     """The parsed example whose file name starts with ``prefix``."""
-    (path,) = vector_folder().glob(f"{prefix}*.txt")
+    (path,) = FOLDER.glob(f"{prefix}*.txt")
     return parse_message(path.read_bytes())
 
 
@@ -60,7 +47,6 @@ def find(prefix: str) -> Message:
 
 
 def test_folder_holds_the_examples() -> None:
-    vector_folder()
     files = sip_files()
     assert len(files) >= 30
     for group in ("rfc3327-5-", "rfc5626-9.", "rfc7118-8."):

@@ -21,10 +21,10 @@ from sipserver.outbound.stun import (
     parse_xor_mapped_address,
 )
 
-# The shared RFC example payloads (exact by construction, see NOTES.md there). Inline copies
-# keep these tests meaningful when the repository is checked out without the shared folder.
-SHARED_VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "rfc-examples"
-INLINE_VECTORS = {
+# The RFC example payloads in tests/vectors/rfc-examples (exact by construction, see NOTES.md
+# there), and the bytes they must hold: a changed file fails here rather than passing quietly.
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "rfc-examples"
+EXPECTED = {
     "rfc5389-stun-binding-request.bin": bytes.fromhex("000100002112a442") + bytes(range(1, 13)),
     "rfc5626-3.5.1-crlf-ping.bin": b"\r\n\r\n",
     "rfc5626-3.5.1-crlf-pong.bin": b"\r\n",
@@ -32,12 +32,9 @@ INLINE_VECTORS = {
 
 
 def vector(name: str) -> bytes:
-    path = SHARED_VECTORS / name
-    if path.exists():
-        data = path.read_bytes()
-        assert data == INLINE_VECTORS[name], f"{name} changed; update INLINE_VECTORS"
-        return data
-    return INLINE_VECTORS[name]
+    data = (VECTORS / name).read_bytes()
+    assert data == EXPECTED[name], f"{name} differs from the RFC bytes in EXPECTED"
+    return data
 
 
 SOURCES = [
