@@ -16,7 +16,8 @@ Invariants:
   ``record_json`` is ``json.dumps(to_record())`` (compact separators), the same text, built
   without the intermediate dict.
 - ``Binding`` does no conversion or validation when built (it is made once per REGISTER and
-  once per stored row): callers pass tuples for the sequence fields; ``from_record`` is the one
+  once per stored row) and takes keyword arguments only: callers pass tuples for the sequence
+  fields; ``from_record`` is the one
   place untrusted data comes in, and it checks every field.
 """
 
@@ -177,9 +178,12 @@ def render_params(params: tuple[Param, ...] | list[Param]) -> str:
 # ------------------------------------------------------------------------------ Binding
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=True, kw_only=True)
 class Binding:
     """One registered contact of an AoR, with what is needed to reach it.
+
+    Keyword-only: nineteen fields, several of the same type, are too many to pass by position
+    (issue 15; a keyword call costs well under 1 µs more, noise next to a REGISTER).
 
     ``path`` is the route set towards the UA, top first (RFC 3327 §5.3); when this server was the
     first hop its own Path URI (``sip:TOKEN@...;lr[;ob]``) is the first entry and ``flow_token``
@@ -214,9 +218,6 @@ class Binding:
         if left <= 0:
             return 0
         return max(1, round(left))
-
-    def is_live(self, now: float) -> bool:
-        return self.expires_at > now
 
     def contact_value(self, now: float, extra: tuple[Param, ...] = ()) -> str:
         """The Contact header value for this binding: URI in <>, the parameters as registered,

@@ -429,27 +429,28 @@ class Registrar:
             temps = (*temps, new_temp_gruu_user(self._random_token))[-MAX_TEMP_GRUUS:]
         transport, source, user_agent = ctx.origin()
         uri_text = c.uri_text
-        # Positional, in field order (a keyword call costs about half as much again).
         binding = Binding(
-            key,
-            ctx.aor,
-            uri_text,  # contact_uri
-            now + expires,  # expires_at
-            call_id,
-            ctx.cseq,
-            tuple([p for p in c.params if p[0].lower() not in _DROPPED_CONTACT_PARAMS]),
-            c.instance,
-            instance_id,
-            reg_id,
-            q,
-            path,
-            is_outbound,  # outbound
-            token,  # flow_token
-            transport,
-            source,
-            user_agent,
-            old.registered_at if same_session and old is not None else now,  # registered_at
-            temps,  # temp_gruus
+            key=key,
+            aor=ctx.aor,
+            contact_uri=uri_text,
+            expires_at=now + expires,
+            call_id=call_id,
+            cseq=ctx.cseq,
+            contact_params=tuple(
+                [p for p in c.params if p[0].lower() not in _DROPPED_CONTACT_PARAMS]
+            ),
+            instance=c.instance,
+            instance_id=instance_id,
+            reg_id=reg_id,
+            q=q,
+            path=path,
+            outbound=is_outbound,
+            flow_token=token,
+            transport=transport,
+            source=source,
+            user_agent=user_agent,
+            registered_at=old.registered_at if same_session and old is not None else now,
+            temp_gruus=temps,
         )
         changes.append(Put(binding))
         if old is None:

@@ -10,9 +10,12 @@ Invariants:
   updated in the same call that changes it, so they never disagree with it.
 - ``lookup`` never returns a binding whose ``expires_at`` is not after ``now``, even before
   ``expire(now)`` has removed it (expiry is exact, removal is on the runtime's timer).
-- The expiry heap may hold stale entries (a refreshed binding leaves its old deadline behind);
-  an entry counts only while it matches the stored binding, and the heap is rebuilt when stale
-  entries outnumber live ones, so memory stays O(bindings).
+- The expiry heap holds ``(expires_at, key)`` for every stored binding, plus stale entries (a
+  refreshed or deleted binding leaves its old deadline behind: lazy deletion keeps a write O(log
+  n)). An entry counts only while its time equals the stored binding's ``expires_at``; the heap
+  is rebuilt when stale entries outnumber live ones, so memory stays O(bindings). Two entries with
+  the same time compare their keys, which is safe: keys that agree on AoR, kind and ident also
+  agree on the type of ``reg_id`` (an int for ``instance`` keys, None for ``contact`` keys).
 - Temporary GRUUs stay valid while any binding of their (AoR, instance) exists and the binding that
   minted them keeps its Call-ID (RFC 5627 §3.2, GRUU-03); a public GRUU is known once its instance
   has registered since this store was filled (GRUU-05 tells 404 from 480 by that).
@@ -98,8 +101,8 @@ class LocationStore:
     _temp_users: dict[str, _Instance] = attrs.field(factory=dict, init=False)
     _instance_temps: dict[_Instance, set[str]] = attrs.field(factory=dict, init=False)
     _seen_instances: set[_Instance] = attrs.field(factory=set, init=False)
-    _heap: list[tuple[float, int, BindingKey]] = attrs.field(factory=list, init=False)
-    _seq: int = attrs.field(default=0, init=False)
+    # (expires_at, key); no tie-break counter, which would cost an int object per binding.
+    _heap: list[tuple[float, BindingKey]] = attrs.field(factory=list, init=False)
 
     # ------------------------------------------------------------------ reads
     def get(self, key: BindingKey) -> Binding | None:
@@ -158,11 +161,14 @@ class LocationStore:
     def aors(self) -> list[str]:
         return list(self._by_aor)
 
-    def next_expiry(self) -> float | None:
-        """Earliest ``expires_at`` of any stored binding: when to call ``expire`` next."""
+    def next_deadline(self) -> float | None:
+        """Earliest ``expires_at`` of any stored binding (same wall-clock base as ``expire``),
+        or None when the store is empty: the runtime sleeps until then and calls ``expire``
+        (DESIGN.md: every state machine exposes its next deadline). Stale heap tops are dropped
+        here, so a call is O(1) plus O(log n) per stale entry, each dropped once."""
         heap = self._heap
         while heap:
-            when, _, key = heap[0]
+            when, key = heap[0]
             current = self._bindings.get(key)
             if current is not None and current.expires_at == when:
                 return when
@@ -177,13 +183,14 @@ class LocationStore:
                 self._put(change.binding)
             else:
                 self._delete(change.key)
+        self._maybe_rebuild_heap()
 
     def expire(self, now: float) -> list[Change]:
         """Remove every binding whose time is up; return the Deletes so they can be persisted."""
         out: list[Change] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, _, key = heapq.heappop(heap)
+            _, key = heapq.heappop(heap)
             current = self._bindings.get(key)
             if current is not None and current.expires_at <= now:
                 self._delete(key)
@@ -218,10 +225,7 @@ class LocationStore:
         self._link(binding)
         if old is not None:
             self._drop_instance_if_gone(old)
-        self._seq += 1
-        heapq.heappush(self._heap, (binding.expires_at, self._seq, key))
-        if len(self._heap) > 2 * len(self._bindings) + 64:
-            self._rebuild_heap()
+        heapq.heappush(self._heap, (binding.expires_at, key))
 
     def _delete(self, key: BindingKey) -> None:
         old = self._bindings.pop(key, None)
@@ -269,12 +273,13 @@ class LocationStore:
                 if not temps:
                     del self._instance_temps[inst]
 
-    def _rebuild_heap(self) -> None:
-        self._heap = []
-        for b in self._bindings.values():
-            self._seq += 1
-            self._heap.append((b.expires_at, self._seq, b.key))
-        heapq.heapify(self._heap)
+    def _maybe_rebuild_heap(self) -> None:
+        """Drop the stale entries once they outnumber the live ones (amortised O(1) per write:
+        the next rebuild needs as many new writes as there are bindings)."""
+        if len(self._heap) > 2 * len(self._bindings) + 64:
+            heap = [(b.expires_at, key) for key, b in self._bindings.items()]
+            heapq.heapify(heap)
+            self._heap = heap
 
 
 def _order(b: Binding) -> tuple[float, float, str, str, int]:

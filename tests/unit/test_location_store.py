@@ -150,36 +150,128 @@ def test_expire_removes_on_time_and_reports_deletes(store: LocationStore) -> Non
     a = plain("sip:a@192.0.2.1", expires=60)
     b = plain("sip:b@192.0.2.2", expires=120)
     store.apply([Put(a), Put(b)])
-    assert store.next_expiry() == NOW + 60
+    assert store.next_deadline() == NOW + 60
     assert store.expire(NOW + 59) == []
     assert store.expire(NOW + 60) == [Delete(a.key, RemovalCause.EXPIRED)]
-    assert store.next_expiry() == NOW + 120
+    assert store.next_deadline() == NOW + 120
     assert store.expire(NOW + 1000) == [Delete(b.key, RemovalCause.EXPIRED)]
-    assert store.next_expiry() is None and store.count() == 0
+    assert store.next_deadline() is None and store.count() == 0
 
 
 def test_refresh_moves_the_deadline(store: LocationStore) -> None:
     a = plain("sip:a@192.0.2.1", expires=60)
     store.apply([Put(a)])
     store.apply([Put(plain("sip:a@192.0.2.1", expires=600))])
-    assert store.next_expiry() == NOW + 600
+    assert store.next_deadline() == NOW + 600
     assert store.expire(NOW + 61) == []  # the old deadline is stale
     assert store.count() == 1
 
 
-def test_next_expiry_skips_deleted_bindings(store: LocationStore) -> None:
+def test_next_deadline_skips_deleted_bindings(store: LocationStore) -> None:
     a = plain("sip:a@192.0.2.1", expires=60)
     store.apply([Put(a), Put(plain("sip:b@192.0.2.2", expires=90))])
     store.apply([Delete(a.key)])
-    assert store.next_expiry() == NOW + 90
+    assert store.next_deadline() == NOW + 90
 
 
 def test_expiry_heap_stays_bounded_under_many_refreshes(store: LocationStore) -> None:
     for i in range(5000):
         store.apply([Put(plain("sip:a@192.0.2.1", expires=60 + i))])
-    assert store.next_expiry() == NOW + 60 + 4999
+    assert store.next_deadline() == NOW + 60 + 4999
     # Internal bound (DESIGN.md: memory O(bindings)): stale heap entries get compacted.
     assert len(store._heap) <= 2 * store.count() + 65
+
+
+# The runtime sleeps until next_deadline() and then calls expire() (DESIGN.md: every state
+# machine exposes its next deadline; RFC 3261 §10.3 step 7 / §10.2.1: a binding lapses at its
+# expiry). These pin the answer after each kind of write.
+
+
+def test_next_deadline_is_none_when_empty(store: LocationStore) -> None:
+    assert store.next_deadline() is None
+    assert store.expire(NOW + 10**9) == []
+    assert store.next_deadline() is None
+
+
+def test_next_deadline_after_puts_is_the_earliest_expiry(store: LocationStore) -> None:
+    store.apply([Put(plain("sip:a@192.0.2.1", expires=300))])
+    assert store.next_deadline() == NOW + 300
+    store.apply([Put(plain("sip:b@192.0.2.2", expires=60)), Put(outbound(1, "T1", expires=90))])
+    assert store.next_deadline() == NOW + 60
+    store.apply([Put(plain("sip:c@192.0.2.3", expires=600))])  # later: no change
+    assert store.next_deadline() == NOW + 60
+
+
+def test_next_deadline_after_refresh_moving_expiry_later(store: LocationStore) -> None:
+    """RFC 3261 §10.3 step 7: a refresh replaces the expiry; the old, earlier one is stale."""
+    store.apply(
+        [Put(plain("sip:a@192.0.2.1", expires=60)), Put(plain("sip:b@192.0.2.2", expires=90))]
+    )
+    store.apply([Put(plain("sip:a@192.0.2.1", expires=3600))])
+    assert store.next_deadline() == NOW + 90
+    store.apply([Put(plain("sip:b@192.0.2.2", expires=7200))])
+    assert store.next_deadline() == NOW + 3600
+
+
+def test_next_deadline_after_refresh_moving_expiry_earlier(store: LocationStore) -> None:
+    """A refresh may shorten the binding (a smaller Expires): the earlier time wins at once,
+    and the old, later entry does not come back after it."""
+    store.apply(
+        [Put(plain("sip:a@192.0.2.1", expires=3600)), Put(plain("sip:b@192.0.2.2", expires=600))]
+    )
+    store.apply([Put(plain("sip:a@192.0.2.1", expires=60))])
+    assert store.next_deadline() == NOW + 60
+    a_key = plain("sip:a@192.0.2.1").key
+    assert store.expire(NOW + 60) == [Delete(a_key, RemovalCause.EXPIRED)]
+    assert store.next_deadline() == NOW + 600  # not a's stale NOW + 3600
+
+
+def test_next_deadline_after_delete(store: LocationStore) -> None:
+    a = plain("sip:a@192.0.2.1", expires=60)
+    b = outbound(1, "T1", expires=90)
+    c = outbound(2, "T2", expires=120)
+    store.apply([Put(a), Put(b), Put(c)])
+    store.apply([Delete(a.key)])
+    assert store.next_deadline() == NOW + 90
+    store.remove_flow("T1")
+    assert store.next_deadline() == NOW + 120
+    store.remove_aor(AOR)
+    assert store.next_deadline() is None
+
+
+def test_next_deadline_after_expire(store: LocationStore) -> None:
+    a = plain("sip:a@192.0.2.1", expires=60)
+    b = plain("sip:b@192.0.2.2", expires=60)  # same time: the heap compares the keys
+    c = outbound(1, "T1", expires=60)
+    d = plain("sip:d@192.0.2.4", expires=120)
+    store.apply([Put(a), Put(b), Put(c), Put(d)])
+    assert store.next_deadline() == NOW + 60
+    assert store.expire(NOW + 59.5) == [] and store.next_deadline() == NOW + 60
+    assert {ch.key for ch in store.expire(NOW + 60)} == {a.key, b.key, c.key}
+    assert store.next_deadline() == NOW + 120
+    store.expire(NOW + 120)
+    assert store.next_deadline() is None
+
+
+def test_next_deadline_same_time_keys_of_both_kinds(store: LocationStore) -> None:
+    """Equal deadlines order by key; instance and contact keys of one AoR compare without a
+    TypeError (their ``kind`` differs before ``reg_id`` is reached)."""
+    store.apply([Put(outbound(reg, f"T{reg}", expires=60)) for reg in (3, 1, 2)])
+    store.apply([Put(plain("sip:a@192.0.2.1", expires=60))])
+    store.apply([Put(outbound(1, "T9", expires=60))])  # same key, same time: a duplicate entry
+    assert store.next_deadline() == NOW + 60
+    assert len(store.expire(NOW + 60)) == 4
+    assert store.next_deadline() is None and store._heap == []
+
+
+def test_expiry_heap_stays_bounded_under_deletes(store: LocationStore) -> None:
+    """Stale entries left by deletes are compacted too, not only those left by refreshes."""
+    bindings = [plain(f"sip:u{i}@192.0.2.1", expires=60 + i) for i in range(2000)]
+    store.apply([Put(b) for b in bindings])
+    store.remove_aor(AOR)  # no Put follows
+    assert store.count() == 0
+    assert len(store._heap) <= 64  # checked before next_deadline() drops the stale tops
+    assert store.next_deadline() is None
 
 
 def test_random_operations_keep_indexes_consistent() -> None:
@@ -212,6 +304,8 @@ def test_random_operations_keep_indexes_consistent() -> None:
                 del model[change.key]
         live = sorted(k.reg_id or 0 for k, b in model.items() if b.expires_at > now)
         assert sorted(b.reg_id or 0 for b in store.lookup(AOR, now)) == live
+        earliest = min((b.expires_at for b in model.values()), default=None)
+        assert store.next_deadline() == earliest
         assert store.count() == len(model)
         assert store.aors() == ([AOR] if model else [])
         by_reg = [b.reg_id for b in store.lookup_instance(AOR, IID, now)]
