@@ -299,7 +299,7 @@ class ManagementApi:
             return json_error(404, f"no registrations for {aor}")
         for ch in changes:
             reg_log.info("binding removed: %s (management API)", getattr(ch, "key", ch))
-        s._queue_writes(changes)
+        s.commit.queue(changes)
         return json_response({"aor": aor, "removed": len(changes)})
 
     async def close_flow(self, req: HttpRequest) -> HttpResponse:

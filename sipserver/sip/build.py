@@ -75,6 +75,17 @@ def reason_phrase(status: int) -> str:
     return REASONS.get(status) or REASONS.get(status // 100 * 100, "Unknown")
 
 
+def phrase_with_detail(status: int, detail: str | None = None) -> str:
+    """The standard reason phrase with the detail in parentheses, so a client (and its user)
+    sees what was wrong. RFC 3261 §25.1: a Reason-Phrase is text without CR/LF; here printable
+    ASCII only (a detail may quote attacker bytes), at most 200 characters of detail."""
+    base = reason_phrase(status)
+    if not detail:
+        return base
+    clean = "".join(ch if " " <= ch <= "~" else "?" for ch in detail)[:200]
+    return f"{base} ({clean})"
+
+
 def new_branch() -> str:
     """An RFC 3261 §8.1.1.7 branch: magic cookie plus a random part unique in space and time."""
     return MAGIC_COOKIE + random_hex(8)

@@ -122,6 +122,9 @@ class TransactionMachine:
     # end the transaction, so the runtime may drive a transaction directly and the table's
     # heap still follows.
     scheduler: Scheduler | None = attrs.field(init=False, default=None, repr=False)
+    # Opaque to the transaction layer: what the runtime's core hangs on this transaction (the
+    # proxy job a server transaction answers, the branch a client transaction carries).
+    owner: object = attrs.field(init=False, default=None, repr=False)
 
     # ------------------------------------------------------------------ public
     @property

@@ -1,0 +1,85 @@
+"""Who is asking: digest authentication of one request (RFC 3261 §22), with the failure ban and
+the flows an authenticated REGISTER established. Sans-IO: the request, the source address and the
+time go in; the authenticated user name, or the refusal to answer with, comes out.
+
+Invariants:
+- A banned source is refused (403) before its credentials are looked at.
+- Every failed digest is answered alike (a new challenge) so a scanner learns nothing; the
+  reason is logged, never the secret or the response hash.
+- ``flow_users`` holds a user only for a flow whose REGISTER that user authenticated; a closed
+  flow is forgotten (``forget``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+
+import attrs
+
+from ..sip.message import Request
+from .credentials import CredentialStore
+from .digest import DigestAuthenticator, parse_credentials
+from .limits import FailureBan
+
+log = logging.getLogger("sipserver")
+
+__all__ = ["AuthGate", "Refusal"]
+
+
+@attrs.frozen
+class Refusal:
+    """Answer the request with this instead of serving it (401/407 challenge, 403 ban)."""
+
+    status: int
+    reason: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.define
+class AuthGate:
+    credentials: CredentialStore
+    authenticator: DigestAuthenticator
+    ban: FailureBan
+    stats: dict[str, int] = attrs.field(factory=dict)
+    flow_users: dict[Hashable, str] = attrs.field(factory=dict)
+
+    @property
+    def realm(self) -> str:
+        return self.authenticator.realm
+
+    def check(self, req: Request, source_ip: str, now: float, *, register: bool) -> str | Refusal:
+        """RFC 3261 §22.3 (proxy, 407/Proxy-Authorization) and §22.4 (registrar, 401/Authorization).
+        Returns the authenticated user name or the refusal to send."""
+        if self.ban.is_banned(source_ip, now):
+            self._count("auth_banned")
+            return Refusal(403, "Forbidden (too many failed authentications)")
+        header = "Authorization" if register else "Proxy-Authorization"
+        stale = False
+        for value in req.header_lines(header):
+            creds = parse_credentials(value)
+            if creds is None or creds.realm != self.realm:
+                continue
+            result = self.authenticator.verify(creds, req.method, self.credentials.lookup, now)
+            if result.ok:
+                self.ban.record_success(source_ip, now)
+                return result.username
+            if result.stale:
+                stale = True
+                continue
+            self._count("auth_failures")
+            log.info("authentication failed from %s for %r: %s", source_ip, creds.username, result.reason)
+            self.ban.record_failure(source_ip, now)
+        status = 401 if register else 407
+        name = "WWW-Authenticate" if register else "Proxy-Authenticate"
+        return Refusal(status, None, tuple((name, c) for c in self.authenticator.challenge(now, stale=stale)))
+
+    def remember(self, flow: Hashable, user: str) -> None:
+        """An authenticated REGISTER arrived on ``flow`` (auth.trust_registered_flows)."""
+        self.flow_users[flow] = user
+
+    def forget(self, flow: Hashable) -> None:
+        self.flow_users.pop(flow, None)
+
+    def _count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1

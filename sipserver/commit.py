@@ -1,0 +1,84 @@
+"""Group commit of location-store changes (DESIGN.md, performance notes).
+
+Every change handled before the writer picks up a batch is written in one SQLite transaction by
+the store-writer child process; a REGISTER's 200 OK is held until the batch holding its changes
+is on disk, so durability costs one fsync per batch, not per request.
+
+Invariants:
+- A reply queued with changes is sent only after those changes were handed to the writer and the
+  write returned (or failed and was logged: the binding is in memory either way).
+- The connection (or UDP socket) that read a REGISTER never waits for the disk: it queues and
+  reads on; the writer task sends the held replies.
+- Without a writer (memory store) changes are dropped and replies go out at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from .registrar import Change, PersistenceError
+from .registrar.sqlite_store import batch_rows
+from .store_writer import StoreWriterProcess
+
+log = logging.getLogger("sipserver")
+
+#: Sends a held reply: (server transaction, response).
+ReplySender = Callable[[Any, Any], Awaitable[None]]
+
+
+class GroupCommit:
+    def __init__(self, writer: StoreWriterProcess | None, send_reply: ReplySender) -> None:
+        self.writer = writer
+        self._send_reply = send_reply
+        self._pending: list[Change] = []
+        self._replies: list[tuple[Any, Any]] = []
+        self._wake = trio.Event()
+
+    @property
+    def durable(self) -> bool:
+        return self.writer is not None
+
+    def queue(self, changes: Sequence[Change], reply: tuple[Any, Any] | None = None) -> None:
+        """Hand changes to the writer; ``reply`` (server transaction, response) is sent once the
+        batch holding them is committed."""
+        if self.writer is None:
+            return
+        self._pending.extend(changes)
+        if reply is not None:
+            self._replies.append(reply)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            batch, self._pending = self._pending, []
+            replies, self._replies = self._replies, []
+            if batch and self.writer is not None:
+                try:
+                    await self.writer.write_rows(*batch_rows(batch))
+                except PersistenceError as err:
+                    log.error("writing %d binding changes failed: %s", len(batch), err)
+                except Exception:
+                    log.exception("writing %d binding changes failed", len(batch))
+            for i, (txn, resp) in enumerate(replies, 1):
+                await self._send_reply(txn, resp)
+                if i % 64 == 0:
+                    await trio.lowlevel.checkpoint()  # a big batch: let the readers in too
+
+    async def flush(self) -> None:
+        """Shutdown: write what is still queued, then let the writer process exit."""
+        writer = self.writer
+        if writer is None:
+            return
+        if self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await writer.write_rows(*batch_rows(batch))
+            except PersistenceError as err:
+                log.error("writing %d binding changes at shutdown failed: %s", len(batch), err)
+        await writer.aclose()
