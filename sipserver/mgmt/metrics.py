@@ -8,8 +8,8 @@ Invariants:
 - Recording is a dict increment or a bisect into a fixed bucket list: no string formatting, no
   allocation beyond a first-seen dict key, so it costs next to nothing per message.
 - Label values come from bounded sets (SIP methods the runtime folds to ``other``, status codes,
-  transport names, the flow-close causes ``close_label`` folds into a few names), so the number of
-  series cannot grow with traffic.
+  transport names, the flow-close causes folded into a few names by ``CloseCause.label``), so the
+  number of series cannot grow with traffic.
 - ``render`` output is valid Prometheus text format 0.0.4: one ``# HELP`` and ``# TYPE`` per
   family, label values escaped, histogram buckets cumulative and ending with ``le="+Inf"``.
 - Pure: no trio, no sockets; time is passed in.
@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from sipserver import __version__
-from sipserver.outbound.flow import Flow, Transport
+from sipserver.outbound.flow import CloseCause, Flow, Transport
 
 __all__ = [
     "LAG_BUCKETS",
@@ -77,23 +77,16 @@ class Histogram:
         return out
 
 
-# Flow-close causes the transport reports, folded into the label values of the metrics.
-_CLOSE_LABELS = {
-    "closed by peer": "closed",
-    "reset": "closed",
-    "keepalive timeout": "keepalive_timeout",
-    "idle timeout": "idle_timeout",
-    "closed by server": "server_closed",
-    "shutdown": "server_closed",
-    "closed by management api": "server_closed",
-}
-
-
-def close_label(cause: str) -> str:
-    """The metric label for a flow-close cause: ``closed`` (the peer closed or reset it),
-    ``keepalive_timeout`` (RFC 5626 §4.4: no keep-alive within Flow-Timer plus grace),
-    ``idle_timeout``, ``server_closed``, or ``error`` for everything else (TLS, socket, send)."""
-    return _CLOSE_LABELS.get(cause.lower(), "error")
+def close_label(cause: CloseCause | str) -> str:
+    """The metric label for a flow-close cause (``CloseCause.label``): ``closed``,
+    ``keepalive_timeout``, ``idle_timeout``, ``server_closed`` or ``error``. A text that is no
+    cause's (from an older caller) counts as ``error``."""
+    if not isinstance(cause, CloseCause):
+        try:
+            cause = CloseCause(cause)
+        except ValueError:
+            return "error"
+    return cause.label
 
 
 class Metrics:
@@ -113,9 +106,10 @@ class Metrics:
 
     def __init__(self) -> None:
         self.responses: dict[int, int] = {}
-        self.flows_closed: dict[tuple[Transport, str], int] = {}
-        # Flows that carried registrations when they died, plus 430 responses (RFC 5626 §5.3.1).
-        self.flow_failures: dict[str, int] = {}
+        self.flows_closed: dict[tuple[Transport, CloseCause], int] = {}
+        # Flows that carried registrations when they died (by CloseCause), plus 430 responses
+        # (key "430"; RFC 5626 §5.3.1).
+        self.flow_failures: dict[CloseCause | str, int] = {}
         self.failovers: dict[str, int] = {}
         self.keepalives = 0
         self.last_keepalive: dict[Flow, float] = {}
@@ -132,13 +126,13 @@ class Metrics:
         self.keepalives += 1
         self.last_keepalive[flow] = now
 
-    def flow_closed(self, flow: Flow, cause: str) -> None:
+    def flow_closed(self, flow: Flow, cause: CloseCause) -> None:
         self.last_keepalive.pop(flow, None)
         key = (flow.transport, cause)
         c = self.flows_closed
         c[key] = c.get(key, 0) + 1
 
-    def flow_failed(self, cause: str) -> None:
+    def flow_failed(self, cause: CloseCause | str) -> None:
         """A flow with registrations died (transport cause) or a 430 came back (``"430"``)."""
         f = self.flow_failures
         f[cause] = f.get(cause, 0) + 1
@@ -316,8 +310,8 @@ def collect(server: Any, now: float) -> list[Family]:
         )
     )
     failures: dict[str, int] = {}
-    for cause, n in m.flow_failures.items():
-        label = cause if cause == "430" else close_label(cause)
+    for failure, n in m.flow_failures.items():
+        label = failure if failure == "430" else close_label(failure)
         failures[label] = failures.get(label, 0) + n
     fams.append(
         _counter(

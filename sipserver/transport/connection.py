@@ -18,7 +18,7 @@ from abc import abstractmethod
 
 import trio
 
-from sipserver.outbound.flow import Flow
+from sipserver.outbound.flow import CloseCause, Flow
 
 from .errors import TransportError
 from .sink import MessageSink
@@ -51,7 +51,7 @@ class Tracked:
         self.explicit_limit = False
         # Deadline of this flow's live entry in the reaper's heap (None: no live entry).
         self.heap_deadline: float | None = None
-        self.cause: str | None = None
+        self.cause: CloseCause | None = None
 
 
 class UdpFlowState(Tracked):

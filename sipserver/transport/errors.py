@@ -19,13 +19,16 @@ class TransportError(Exception):
 class FlowGone(TransportError):
     """The flow is not alive (never was, closed, or died while writing): nothing was sent."""
 
-    def __init__(self, flow: Flow, cause: str) -> None:
+    def __init__(self, flow: Flow, cause: str, detail: str | None = None) -> None:
         super().__init__(flow, cause)
         self.flow = flow
+        # The ``CloseCause`` of a flow that died; a short text when there was no flow.
         self.cause = cause
+        self.detail = detail  # e.g. the OS error of a failed UDP send
 
     def __str__(self) -> str:
-        return f"flow {self.flow.id} gone: {self.cause}"
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"flow {self.flow.id} gone: {self.cause}{detail}"
 
 
 class ConnectFailed(TransportError):

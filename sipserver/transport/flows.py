@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import attrs
 import trio
 
-from sipserver.outbound.flow import Address, Flow, Transport
+from sipserver.outbound.flow import Address, CloseCause, Flow, Transport
 
 from .connection import Connection, RateLimitedLog, Tracked, UdpFlowState, logger
 from .errors import ConnectFailed, FlowGone
@@ -206,8 +206,12 @@ class FlowTable:
             raise FlowGone(flow, "no such connection")
         await self.send_on(conn, data)
 
-    def close(self, flow: Flow, cause: str = "closed by server") -> None:
-        """End the flow now (reported to the sink at once); unknown flows are ignored."""
+    def close(self, flow: Flow, cause: CloseCause | str = CloseCause.CLOSED_BY_SERVER) -> None:
+        """End the flow now (reported to the sink at once); unknown flows are ignored.
+
+        A ``str`` is taken as a cause's text (``CloseCause(cause)``: ValueError if it is none).
+        """
+        cause = CloseCause(cause)
         tracked = self._tracked(flow)
         if tracked is None:
             return
@@ -295,7 +299,7 @@ class FlowTable:
         each reported closed with "shutdown", and the nursery and sink."""
         for endpoint in list(self._udp.values()):
             for state in list(endpoint.flows.values()):
-                self.end(state, "shutdown")
+                self.end(state, CloseCause.SHUTDOWN)
         self._udp.clear()
         self._nursery = None
         self._sink = None
@@ -365,9 +369,10 @@ class FlowTable:
         self._report_opened(state.flow)
         return state
 
-    def end(self, tracked: Tracked, cause: str) -> None:
+    def end(self, tracked: Tracked, cause: CloseCause, detail: str | None = None) -> None:
         """Forget a flow and report it closed with ``cause``, once; later calls do nothing
-        (the first cause wins). It does not tear the transport down (``Connection.abort``)."""
+        (the first cause wins). It does not tear the transport down (``Connection.abort``).
+        ``detail`` (an error text, a status) goes to the debug log line only."""
         if tracked.cause is not None:
             return
         tracked.cause = cause
@@ -383,7 +388,10 @@ class FlowTable:
             endpoint = self._udp.get(flow.local)
             if endpoint is not None and endpoint.flows.get(flow.remote) is tracked:
                 del endpoint.flows[flow.remote]
-        logger.debug("flow %s closed: %s", flow.id, cause)
+        if detail:
+            logger.debug("flow %s closed: %s (%s)", flow.id, cause, detail)
+        else:
+            logger.debug("flow %s closed: %s", flow.id, cause)
         if self._sink is not None:
             try:
                 self._sink.on_flow_closed(flow, cause)
@@ -447,8 +455,8 @@ class FlowTable:
                     conn.write_broken = False
                     done = True
                 if not done:
-                    self._fail(conn, "send timeout")
-                    raise FlowGone(conn.flow, "send timeout")
+                    self._fail(conn, CloseCause.SEND_TIMEOUT)
+                    raise FlowGone(conn.flow, CloseCause.SEND_TIMEOUT)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             cause = conn.cause or cause_of(exc, conn.flow.transport)
             self._fail(conn, cause)
@@ -456,14 +464,14 @@ class FlowTable:
         except trio.Cancelled:
             if conn.write_broken:
                 # Part of a message went out: the stream can no longer be framed by the peer.
-                self._fail(conn, "send interrupted")
+                self._fail(conn, CloseCause.SEND_INTERRUPTED)
             raise
         finally:
             conn.senders -= 1
             if conn.senders == 0:
                 conn.lock = None
 
-    def _fail(self, conn: Connection, cause: str) -> None:
+    def _fail(self, conn: Connection, cause: CloseCause) -> None:
         self.end(conn, cause)
         conn.abort()
 
@@ -484,10 +492,10 @@ class FlowTable:
             await endpoint.sendto(data, flow.remote)
         except OSError as exc:
             state = endpoint.flows.get(flow.remote)
-            cause = f"send error: {exc.strerror or exc}"
+            detail = str(exc.strerror or exc)
             if state is not None:
-                self.end(state, cause)
-            raise FlowGone(flow, cause) from exc
+                self.end(state, CloseCause.SEND_ERROR, detail)
+            raise FlowGone(flow, CloseCause.SEND_ERROR, detail) from exc
 
     def _udp_endpoint_for(self, local: Address, remote: Address) -> UdpEndpoint | None:
         endpoint = self._udp.get(local)
@@ -545,7 +553,9 @@ class FlowTable:
                 tracked.heap_deadline = due
                 heapq.heappush(heap, (due, next(self._heap_seq), tracked))
                 continue
-            cause = "keepalive timeout" if tracked.explicit_limit else "idle timeout"
+            cause = (
+                CloseCause.KEEPALIVE_TIMEOUT if tracked.explicit_limit else CloseCause.IDLE_TIMEOUT
+            )
             if isinstance(tracked, Connection):
                 self._fail(tracked, cause)
             else:

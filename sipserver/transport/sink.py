@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sipserver.outbound.flow import Flow
+from sipserver.outbound.flow import CloseCause, Flow
 from sipserver.sip.framer import FramingError
 
 __all__ = ["MessageSink"]
@@ -31,8 +31,11 @@ class MessageSink(Protocol):
     def on_flow_opened(self, flow: Flow) -> None:
         """A connection was accepted/opened, or a UDP 5-tuple sent its first datagram."""
 
-    def on_flow_closed(self, flow: Flow, cause: str) -> None:
-        """The flow ended; called exactly once per opened flow (RFC 5626 §5.3.1: flow failed)."""
+    def on_flow_closed(self, flow: Flow, cause: CloseCause) -> None:
+        """The flow ended; called exactly once per opened flow (RFC 5626 §5.3.1: flow failed).
+
+        ``cause`` is the first cause recorded; a detail such as the OS error is logged by the
+        transport (logger ``sipserver.transport``, debug level), not passed here."""
 
     def on_keepalive(self, flow: Flow) -> None:
         """A CRLF ping was answered (RFC 5626 §4.4.1) or a STUN Binding answered (§8)."""

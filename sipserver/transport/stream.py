@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from sipserver.outbound.flow import Address, Flow, Transport
+from sipserver.outbound.flow import Address, CloseCause, Flow, Transport
 from sipserver.sip.framer import (
     FramedMessage,
     FramingError,
@@ -150,26 +150,26 @@ class TlsConnection(Connection):
         self.sock.close()
 
 
-def cause_of(exc: BaseException, transport: Transport) -> str:
-    """A short, stable cause for ``on_flow_closed`` from a read/write exception."""
+def cause_of(exc: BaseException, transport: Transport) -> CloseCause:
+    """The cause for ``on_flow_closed`` of a read/write exception."""
     if isinstance(exc, trio.ClosedResourceError):
-        return "closed by server"
+        return CloseCause.CLOSED_BY_SERVER
     if isinstance(exc, trio.BrokenResourceError):
         inner = exc.__cause__
         if isinstance(inner, ssl.SSLError | ssl.CertificateError):
-            return "tls error"
+            return CloseCause.TLS_ERROR
         if inner is not None:
             return cause_of(inner, transport)
-        return "reset"
+        return CloseCause.RESET
     if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-        return "reset"
+        return CloseCause.RESET
     if isinstance(exc, OSError):
         if exc.errno == errno.EBADF:
-            return "closed by server"
+            return CloseCause.CLOSED_BY_SERVER
         if exc.errno == errno.ETIMEDOUT:
-            return "timeout"
-        return "socket error"
-    return "error"
+            return CloseCause.TIMEOUT
+        return CloseCause.SOCKET_ERROR
+    return CloseCause.SOCKET_ERROR  # anything else under a BrokenResourceError
 
 
 def _addresses(sock: trio.socket.SocketType) -> tuple[Address, Address]:
@@ -201,7 +201,7 @@ async def handle_accepted_stream(
         conn = await _set_up_accepted(table, sock, transport, ssl_context)
         if conn is not None:
             table.register(conn)
-            cause = "closed by peer"
+            cause = CloseCause.CLOSED_BY_PEER
             try:
                 cause = await _read_loop(table, sink, conn)
             except BaseException as exc:
@@ -299,7 +299,7 @@ async def run_stream_connection(
     table: FlowTable, sink: MessageSink, conn: TcpConnection | TlsConnection
 ) -> None:
     """The reader loop of a registered TCP/TLS connection; reports the flow closed when done."""
-    cause = "closed by peer"
+    cause = CloseCause.CLOSED_BY_PEER
     try:
         cause = await _read_loop(table, sink, conn)
     except BaseException as exc:
@@ -311,21 +311,21 @@ async def run_stream_connection(
         conn.abort()
 
 
-def _reader_failed(exc: BaseException, conn: Connection) -> str:
+def _reader_failed(exc: BaseException, conn: Connection) -> CloseCause:
     """The flow's closing cause for an exception out of a reader (logged when it is a bug)."""
     if isinstance(exc, trio.Cancelled):
-        return "shutdown"
+        return CloseCause.SHUTDOWN
     if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError, OSError)):
         return cause_of(exc, conn.flow.transport)
     if isinstance(exc, Exception):
         logger.exception("reader of %s failed", conn.flow.id, exc_info=exc)
-        return "internal error"
-    return "shutdown"
+        return CloseCause.INTERNAL_ERROR
+    return CloseCause.SHUTDOWN
 
 
 async def _read_loop(
     table: FlowTable, sink: MessageSink, conn: TcpConnection | TlsConnection
-) -> str:
+) -> CloseCause:
     flow = conn.flow
     framer = conn.framer
     # Plain TCP reads the stdlib socket itself and waits for readability only when it is
@@ -349,7 +349,7 @@ async def _read_loop(
                     with trio.move_on_at(started + partial_timeout) as scope:
                         await trio.lowlevel.wait_readable(raw)
                     if scope.cancelled_caught:
-                        return "partial message timeout"
+                        return CloseCause.PARTIAL_MESSAGE_TIMEOUT
                 else:
                     await trio.lowlevel.wait_readable(raw)
                 reads = 0
@@ -359,14 +359,14 @@ async def _read_loop(
             with trio.move_on_at(started + partial_timeout) as scope:
                 data = await receive(_RECV_SIZE)
             if scope.cancelled_caught:
-                return "partial message timeout"
+                return CloseCause.PARTIAL_MESSAGE_TIMEOUT
         else:
             assert receive is not None
             data = await receive(_RECV_SIZE)
         if conn.cause is not None:
             return conn.cause
         if not data:
-            return "closed by peer"
+            return CloseCause.CLOSED_BY_PEER
         now = trio.current_time()
         conn.last_activity = now
         framer.feed(data)
@@ -377,10 +377,9 @@ async def _read_loop(
                 event = framer.next_event()
             except FramingError as exc:
                 await _framing_error(sink, flow, exc)
-                cause = f"framing error ({exc.status} {exc.reason})"
-                table.end(conn, cause)
+                table.end(conn, CloseCause.FRAMING_ERROR, f"{exc.status} {exc.reason}")
                 await _linger(conn, receive or conn.receiver())
-                return cause
+                return CloseCause.FRAMING_ERROR
             if event is None:
                 break
             if type(event) is FramedMessage:
@@ -396,8 +395,9 @@ async def _read_loop(
                 # RFC 5626 §4.4.1 / OB-EP-14: answer a ping at once with a single CRLF.
                 try:
                     await table.send_on(conn, _PONG)
-                except FlowGone as gone:
-                    return gone.cause
+                except FlowGone:
+                    assert conn.cause is not None  # send_on ended the flow first
+                    return conn.cause
                 table.report_keepalive(flow)
             # KeepalivePong: activity only, never answered (OB-KA-01).
             if conn.cause is not None:

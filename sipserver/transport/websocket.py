@@ -46,7 +46,7 @@ from wsproto.events import (
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from sipserver.outbound.flow import Flow, Transport
+from sipserver.outbound.flow import CloseCause, Flow, Transport
 
 from .connection import Connection, deliver, logger, recv_nowait
 from .errors import FlowGone
@@ -146,20 +146,21 @@ async def handle_accepted_websocket(
         conn = await _set_up_accepted(table, sock, transport, ssl_context, path)
         if conn is not None:
             table.register(conn)
-            cause = "closed by peer"
+            cause = CloseCause.CLOSED_BY_PEER
             try:
                 cause = await _read_loop(table, sink, conn)
             except trio.Cancelled:
-                cause = "shutdown"
+                cause = CloseCause.SHUTDOWN
                 raise
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 cause = conn.cause or cause_of(exc, transport)
             except Exception:
                 logger.exception("reader of %s failed", conn.flow.id)
-                cause = "internal error"
+                cause = CloseCause.INTERNAL_ERROR
             finally:
                 table.end(conn, cause)
-                await _send_close(conn, _GOING_AWAY if (conn.cause or cause) == "shutdown" else 1000)
+                going_away = (conn.cause or cause) is CloseCause.SHUTDOWN
+                await _send_close(conn, _GOING_AWAY if going_away else 1000)
     except Exception:
         # A bug or an unexpected library error: it ends this connection, never the listener.
         logger.exception("WebSocket connection from %s failed", ip)
@@ -293,7 +294,7 @@ async def _send_control(table: FlowTable, conn: WsConnection, frame: bytes) -> b
     return True
 
 
-async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) -> str:
+async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) -> CloseCause:
     flow = conn.flow
     proto = conn.proto
     raw = conn._raw
@@ -321,7 +322,7 @@ async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) ->
             assert receive is not None
             data = bytes(await receive(_RECV_SIZE))
         if not data:
-            return "closed by peer"
+            return CloseCause.CLOSED_BY_PEER
         conn.last_activity = trio.current_time()
         proto.receive_data(data)
         data = None  # an idle reader holds no copy of what it read
@@ -336,7 +337,7 @@ async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) ->
                 size += len(event.data)
                 if size > hard_limit:
                     await _send_control(table, conn, proto.send(CloseConnection(code=_TOO_BIG)))
-                    return "message too large"
+                    return CloseCause.MESSAGE_TOO_LARGE
                 if not event.message_finished:
                     continue
                 binary = kind is BytesMessage
@@ -351,8 +352,9 @@ async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) ->
                     if payload == _PING:
                         try:
                             await table.send_on(conn, _CRLF_ONLY, binary=binary)
-                        except FlowGone as gone:
-                            return gone.cause
+                        except FlowGone:
+                            assert conn.cause is not None  # send_on ended the flow first
+                            return conn.cause
                         table.report_keepalive(flow)
                     continue
                 await deliver(sink, flow, payload)
@@ -370,8 +372,9 @@ async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) ->
                 if proto.state is ConnectionState.REMOTE_CLOSING:
                     # RFC 6455 §5.5.1: answer the peer's Close, then the connection ends.
                     await _send_control(table, conn, proto.send(event.response()))
-                    return "closed by peer"
+                    return CloseCause.CLOSED_BY_PEER
                 # wsproto could not parse what the peer sent (bad frame, invalid UTF-8 text):
                 # close with the code it names (RFC 6455 §7.4.1).
                 await _send_control(table, conn, proto.send(CloseConnection(code=event.code)))
-                return f"websocket protocol error ({event.code})"
+                table.end(conn, CloseCause.WEBSOCKET_PROTOCOL_ERROR, f"close code {event.code}")
+                return CloseCause.WEBSOCKET_PROTOCOL_ERROR

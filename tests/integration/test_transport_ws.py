@@ -7,6 +7,7 @@ to the SIP layer; Ping frames answered with Pong frames).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from certs import client_context, make_self_signed
 from transport_fixtures import Server, echo_of, sip_message, start_server
 from trio_websocket import ConnectionRejected, WebSocketConnection, open_websocket
 
-from sipserver.outbound.flow import Transport
+from sipserver.outbound.flow import CloseCause, Transport
 from sipserver.transport import FlowGone, ListenerSpec, make_server_context
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "rfc4475"
@@ -275,9 +276,12 @@ async def test_message_beyond_four_times_the_limit_closes_with_1009(nursery: tri
     assert server.sink.messages == []
 
 
-async def test_invalid_utf8_text_frame_closes_with_1007(nursery: trio.Nursery) -> None:
+async def test_invalid_utf8_text_frame_closes_with_1007(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
     """A text frame that is not UTF-8 is a protocol error (RFC 6455 §8.1): Close 1007, and the
-    flow's cause says so."""
+    flow's cause says so (the close code in the transport's debug line)."""
+    caplog.set_level(logging.DEBUG, logger="sipserver.transport")
     server = await ws_server(nursery)
     host, port = server.addr(Transport.WS)
     stream, _ = await _raw_client(host, port)
@@ -295,5 +299,6 @@ async def test_invalid_utf8_text_frame_closes_with_1007(nursery: trio.Nursery) -
     assert data[0] == 0x88  # FIN + Close
     assert int.from_bytes(data[2:4], "big") == 1007
     await server.sink.wait_for(lambda: server.sink.closed)
-    assert server.sink.closed_cause(flow) == "websocket protocol error (1007)"
+    assert server.sink.closed_cause(flow) is CloseCause.WEBSOCKET_PROTOCOL_ERROR
+    assert f"flow {flow.id} closed: websocket protocol error (close code 1007)" in caplog.messages
     assert server.sink.messages == []

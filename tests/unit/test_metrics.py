@@ -25,7 +25,7 @@ from sipserver.mgmt.metrics import (
     render,
 )
 from sipserver.mgmt.trace import Tracer, normalize_aor, normalize_source
-from sipserver.outbound.flow import Flow, Transport
+from sipserver.outbound.flow import CloseCause, Flow, Transport
 from sipserver.registrar.binding import Binding, BindingKey
 
 
@@ -101,6 +101,18 @@ def flow(serial: int = 7, transport: Transport = Transport.TCP) -> Flow:
 )
 def test_close_causes_fold_into_few_labels(cause: str, label: str) -> None:
     assert close_label(cause) == label
+
+
+def test_every_close_cause_folds_into_a_known_label() -> None:
+    """The transport reports ``CloseCause`` members; each carries its label, and its text is
+    what the log lines and the /stats counts show."""
+    labels = {"closed", "keepalive_timeout", "idle_timeout", "server_closed", "error"}
+    for cause in CloseCause:
+        assert close_label(cause) == cause.label in labels
+        assert "%s" % cause == cause.value and CloseCause(cause.value) is cause
+    assert close_label(CloseCause.RESET) == "closed"
+    assert close_label(CloseCause.CLOSED_BY_MANAGEMENT) == "server_closed"
+    assert close_label(CloseCause.FRAMING_ERROR) == "error"
 
 
 def test_recorder_keeps_keepalive_times_only_for_live_flows() -> None:
