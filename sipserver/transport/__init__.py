@@ -5,7 +5,7 @@ time goes to a ``MessageSink``, and ``FlowTable.send`` writes one on a ``Flow``.
 SIP beyond stream framing (``sipserver.sip.framer``).
 """
 
-from .errors import ConnectFailed, FlowGone, TransportError
+from .errors import ConnectFailed, FlowGone, TransportFailure
 from .flows import FlowInfo, FlowLimits, FlowTable
 from .listeners import BoundListener, ListenerSpec, serve
 from .sink import MessageSink
@@ -21,7 +21,7 @@ __all__ = [
     "ListenerSpec",
     "MessageSink",
     "TlsConfigError",
-    "TransportError",
+    "TransportFailure",
     "make_client_context",
     "make_server_context",
     "serve",

@@ -20,7 +20,7 @@ import trio
 
 from sipserver.outbound.flow import CloseCause, Flow
 
-from .errors import TransportError
+from .errors import TransportFailure
 from .sink import MessageSink
 
 __all__ = ["Connection", "RateLimitedLog", "Tracked", "UdpFlowState", "deliver", "logger"]
@@ -106,7 +106,7 @@ async def deliver(sink: MessageSink, flow: Flow, data: bytes) -> None:
     """Hand one message to the sink inline; a failing sink never ends the connection."""
     try:
         await sink.on_message(flow, data)
-    except TransportError as exc:
+    except TransportFailure as exc:
         logger.debug("sink could not answer on %s: %s", flow.id, exc)
     except Exception:
         logger.exception("sink.on_message failed for a message on %s", flow.id)

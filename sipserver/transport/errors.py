@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from sipserver.outbound.flow import Address, Flow, Transport
 
-__all__ = ["ConnectFailed", "FlowGone", "TransportError"]
+__all__ = ["ConnectFailed", "FlowGone", "TransportFailure"]
 
 
-class TransportError(Exception):
-    """Base class of the transport layer's errors."""
+class TransportFailure(Exception):
+    """Base class of the transport layer's errors (not to be confused with the transaction
+    event ``sipserver.transaction.TransportError``, RFC 3261 §17.1.4, which one of these may
+    cause)."""
 
 
-class FlowGone(TransportError):
+class FlowGone(TransportFailure):
     """The flow is not alive (never was, closed, or died while writing): nothing was sent."""
 
     def __init__(self, flow: Flow, cause: str, detail: str | None = None) -> None:
@@ -31,7 +33,7 @@ class FlowGone(TransportError):
         return f"flow {self.flow.id} gone: {self.cause}{detail}"
 
 
-class ConnectFailed(TransportError):
+class ConnectFailed(TransportFailure):
     """An outgoing TCP/TLS connection could not be opened (RFC 3261 §18.4 transport error)."""
 
     def __init__(self, transport: Transport, remote: Address, cause: str) -> None:

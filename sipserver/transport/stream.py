@@ -32,7 +32,7 @@ from sipserver.sip.framer import (
 )
 
 from .connection import Connection, deliver, logger, recv_nowait
-from .errors import FlowGone, TransportError
+from .errors import FlowGone, TransportFailure
 from .sink import MessageSink
 
 if TYPE_CHECKING:
@@ -431,7 +431,7 @@ async def _linger(
 async def _framing_error(sink: MessageSink, flow: Flow, exc: FramingError) -> None:
     try:
         await sink.on_framing_error(flow, exc)
-    except TransportError as err:
+    except TransportFailure as err:
         logger.debug("sink could not answer the framing error on %s: %s", flow.id, err)
     except Exception:
         logger.exception("sink.on_framing_error failed on %s", flow.id)
