@@ -590,8 +590,9 @@ _SUPPORTED_GRUU = Header("Supported", "supported", "path, outbound, gruu")
 def _ok_response(req: Request, extra: list[Header]) -> Response:
     """``make_response(req, 200, to_tag=random_hex(6), headers=extra)``, the same message, built
     without making ``Header`` objects for the request lines it does not copy (this is on every
-    REGISTER). To gets a tag unless it has one (the To view was parsed already, so it answers
-    that)."""
+    REGISTER). RFC 3261 §8.2.6.2: Via, From, To, Call-ID and CSeq copied; To gets a tag unless
+    it has one (the To view was parsed already, so it answers that). Kept equal to
+    ``make_response`` by tests/unit/test_registrar_fast_response.py."""
     hdrs = req.copy_header_lines(RESPONSE_COPIED)
     if not req.to.has_param("tag"):
         for i, h in enumerate(hdrs):
