@@ -72,7 +72,7 @@ from .transaction import (
     TransactionTable,
 )
 from .transport.addresses import default_host, local_addresses
-from .transport.connection import RateLimitedLog
+from .transport.connection import warning_budget
 from .transport.errors import FlowGone
 from .transport.flows import FlowLimits, FlowTable
 from .transport.listeners import BoundListener, ListenerSpec, serve
@@ -173,7 +173,7 @@ class Server:
         self.gc_pacer = GcPacer()
         self.tracer = Tracer()  # mgmt: POST /trace filters
         self.mgmt_address: tuple[str, int] | None = None  # bound mgmt listener (port 0 resolved)
-        self._overload_log = RateLimitedLog()
+        self._overload_log = warning_budget("overload")
         # Per-event INFO lines (bindings, closed flows) are capped per second; see logbudget.
         self._reg_log_budget = LogBudget(reg_log, "binding")
         self._flow_log_budget = LogBudget(flow_log, "flow closed")

@@ -5,6 +5,13 @@ REGISTERs a second cannot format and write 3,000 lines a second on the thread th
 (it was 15% of the cost of a REGISTER, docs/performance.md). ``LogBudget`` writes the first
 ``per_second`` events of each second as usual and counts the rest; the count is written as one
 line when the second is over. With the logger at DEBUG every event is written.
+
+The same object rate-limits a repeated warning (connections refused at a limit, oversized UDP
+sends, overload): a longer ``window`` with a fractional ``per_second``, e.g. ``per_second=0.1,
+window=10`` for one line every ten seconds.
+
+Invariant: a budget holds a few numbers, never the suppressed events; the count line is written
+at the level of the most severe event it stands for.
 """
 
 from __future__ import annotations
@@ -17,60 +24,100 @@ __all__ = ["LogBudget"]
 
 
 class LogBudget:
-    """Rate-limited per-event INFO lines for one kind of event (``what``, e.g. "binding")."""
+    """Rate-limited per-event lines for one kind of event (``what``, e.g. "binding")."""
 
-    __slots__ = ("_logger", "_what", "_per_second", "_clock", "_second", "_used", "_suppressed")
+    __slots__ = (
+        "_logger",
+        "_what",
+        "_window",
+        "_limit",
+        "_clock",
+        "_slot",
+        "_used",
+        "_suppressed",
+        "_level",
+    )
 
     def __init__(
         self,
         logger: logging.Logger,
         what: str,
-        per_second: int = 20,
+        per_second: float = 20,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        window: float = 1.0,
     ) -> None:
+        """Up to ``per_second * window`` events (at least one) are written in each ``window``
+        seconds of ``clock``."""
+        if per_second <= 0 or window <= 0:
+            raise ValueError("per_second and window must be positive")
         self._logger = logger
         self._what = what
-        self._per_second = per_second
+        self._window = window
+        self._limit = max(1, int(per_second * window))
         self._clock = clock
-        self._second = -1
+        self._slot = -1
         self._used = 0
         self._suppressed = 0
+        self._level = logging.NOTSET
 
     def allow(self, level: int = logging.INFO) -> bool:
         """Whether the caller should write this event's line now. False both when ``level`` is
-        off and when this second's budget is spent (then the event is counted)."""
+        off and when this window's budget is spent (then the event is counted)."""
         logger = self._logger
         if not logger.isEnabledFor(level):
             return False
         if logger.isEnabledFor(logging.DEBUG):
             return True
-        second = int(self._clock())
-        if second != self._second:
+        slot = int(self._clock() // self._window)
+        if slot != self._slot:
             self.flush()
-            self._second = second
+            self._slot = slot
             self._used = 0
-        if self._used < self._per_second:
+        if self._used < self._limit:
             self._used += 1
             return True
         self._suppressed += 1
+        if level > self._level:
+            self._level = level
         return False
+
+    def warning(self, msg: str, *args: object) -> None:
+        """``logger.warning(msg, *args)`` if the budget allows it (a rate-limited warning)."""
+        if self.allow(logging.WARNING):
+            self._logger.warning(msg, *args, stacklevel=2)
 
     def flush(self) -> None:
         """Write the count of the events not written since the last flush, if any (called when
-        a new second starts, and by the runtime's timer so a quiet period does not hold it)."""
+        a new window starts, and by the runtime's timer so a quiet period does not hold it)."""
         n = self._suppressed
         if n:
+            level = self._level or logging.INFO
             self._suppressed = 0
-            self._logger.info(
-                "%d more %s events in the last second were not logged one by one (over %d a "
-                "second); log_level = \"debug\" logs each",
-                n,
-                self._what,
-                self._per_second,
-            )
+            self._level = logging.NOTSET
+            if self._window == 1.0:
+                self._logger.log(
+                    level,
+                    "%d more %s events in the last second were not logged one by one (over %d a "
+                    "second); log_level = \"debug\" logs each",
+                    n,
+                    self._what,
+                    self._limit,
+                )
+            else:
+                self._logger.log(
+                    level,
+                    "%d more %s events in the last %g seconds were not logged one by one (over "
+                    "%d per %g seconds); log_level = \"debug\" logs each",
+                    n,
+                    self._what,
+                    self._window,
+                    self._limit,
+                    self._window,
+                )
 
     def tick(self) -> None:
-        """Flush when the second the suppressed events belong to is over."""
-        if self._suppressed and int(self._clock()) != self._second:
+        """Flush when the window the suppressed events belong to is over."""
+        if self._suppressed and int(self._clock() // self._window) != self._slot:
             self.flush()
-            self._second = -1
+            self._slot = -1

@@ -13,19 +13,33 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from abc import abstractmethod
 
 import trio
 
+from sipserver.mgmt.logbudget import LogBudget
 from sipserver.outbound.flow import CloseCause, Flow
 
 from .errors import TransportFailure
 from .sink import MessageSink
 
-__all__ = ["Connection", "RateLimitedLog", "Tracked", "UdpFlowState", "deliver", "logger"]
+__all__ = [
+    "Connection",
+    "Tracked",
+    "UdpFlowState",
+    "deliver",
+    "logger",
+    "recv_nowait",
+    "warning_budget",
+]
 
 logger = logging.getLogger("sipserver.transport")
+
+
+def warning_budget(what: str) -> LogBudget:
+    """For a warning a peer can repeat with every packet (refused connections, oversized UDP
+    sends, accept errors): at most one line every 10 s, then a count of the rest."""
+    return LogBudget(logger, what, per_second=0.1, window=10.0)
 
 
 class Tracked:
@@ -111,25 +125,3 @@ async def deliver(sink: MessageSink, flow: Flow, data: bytes) -> None:
     except Exception:
         logger.exception("sink.on_message failed for a message on %s", flow.id)
 
-
-class RateLimitedLog:
-    """Logs a repeated warning at most once per ``interval`` seconds, counting the rest."""
-
-    __slots__ = ("_interval", "_next", "_suppressed")
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self._interval = interval
-        self._next = 0.0
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, self._suppressed)
-        self._suppressed = 0
-        self._next = now + self._interval
-        logger.warning(msg, *args)

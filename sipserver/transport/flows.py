@@ -31,7 +31,7 @@ import trio
 
 from sipserver.outbound.flow import Address, CloseCause, Flow, Transport
 
-from .connection import Connection, RateLimitedLog, Tracked, UdpFlowState, logger
+from .connection import Connection, Tracked, UdpFlowState, logger, warning_budget
 from .errors import ConnectFailed, FlowGone
 from .sink import MessageSink
 from .stream import (
@@ -118,8 +118,8 @@ class FlowTable:
         self._reaper_wake: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         self._sink: MessageSink | None = None
-        self._refused_log = RateLimitedLog()
-        self._udp_size_log = RateLimitedLog()
+        self._refused_log = warning_budget("refused connection")
+        self._udp_size_log = warning_budget("oversized UDP send")
         # Seconds the datagram being handled waited in its UDP socket's receive queue (kernel
         # receive timestamp; 0 when the queue was found empty or on systems without it): the
         # runtime's overload signal.

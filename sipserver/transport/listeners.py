@@ -23,7 +23,7 @@ import trio
 
 from sipserver.outbound.flow import Transport
 
-from .connection import RateLimitedLog, logger
+from .connection import logger, warning_budget
 from .flows import FlowTable
 from .sink import MessageSink
 from .stream import handle_accepted_stream
@@ -206,7 +206,7 @@ async def _accept_loop(
     """Accept connections, apply the connection limits, start one task per connection."""
     transport = spec.flow_transport
     websocket = transport in (Transport.WS, Transport.WSS)
-    errors = RateLimitedLog()
+    errors = warning_budget("accept error")
     while True:
         try:
             sock, addr = await listener.accept()

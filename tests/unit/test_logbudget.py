@@ -65,3 +65,29 @@ def test_debug_level_logs_every_event_and_disabled_level_none(caplog: pytest.Log
     assert not budget.allow(logging.INFO)
     budget.flush()
     assert _lines(caplog) == []  # nothing was counted as suppressed
+
+
+def test_a_longer_window_rate_limits_a_repeated_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """One line per 10 s window; the count line comes at the level of what it stands for."""
+    caplog.set_level(logging.INFO, logger="test.budget")
+    log = logging.getLogger("test.budget")
+    clock = Clock()
+    budget = LogBudget(log, "refused connection", per_second=0.1, window=10.0, clock=clock)
+    for i in range(5):
+        budget.warning("refused %d", i)
+        clock.t += 1.0
+    assert _lines(caplog) == ["refused 0"]
+    clock.t = 110.0  # the next window
+    budget.warning("refused %d", 9)
+    records = [r for r in caplog.records if r.name == "test.budget"]
+    assert [r.levelno for r in records] == [logging.WARNING] * 3
+    assert records[1].getMessage().startswith("4 more refused connection events in the last 10 seconds")
+    assert records[2].getMessage() == "refused 9"
+    assert records[0].filename == "test_logbudget.py"  # the caller's line, not the budget's
+
+
+def test_budget_rejects_nonpositive_rates() -> None:
+    with pytest.raises(ValueError):
+        LogBudget(logging.getLogger("test.budget"), "x", per_second=0)
+    with pytest.raises(ValueError):
+        LogBudget(logging.getLogger("test.budget"), "x", window=0)
