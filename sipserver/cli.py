@@ -5,7 +5,7 @@ Invariants:
   console script treat it alike: 0 success, 1 operational failure, 2 usage or config error.
 - A ConfigError is reported as one line on stderr (``sipserver: config error: ...``), never as a
   traceback; it is raised before the runtime is imported, so bad config fails fast and cheaply.
-- Heavy or not-yet-present modules (``sipserver.runtime``, ``sipserver.auth.credentials``) are
+- Heavy or not-yet-present modules (``sipserver.service`` and the runtime behind it, ``sipserver.auth.credentials``) are
   imported inside the subcommand that needs them.
 """
 
@@ -298,7 +298,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _config_error(exc)
     setup_logging(cfg.server.log_level, cfg.server.log_format)
     # Lazy: only a valid config gets this far, and check-config/passwd never load trio.
-    run: Callable[[Config], int] = importlib.import_module("sipserver.runtime").run
+    run: Callable[[Config], int] = importlib.import_module("sipserver.service").run
     try:
         return run(cfg)
     except KeyboardInterrupt:

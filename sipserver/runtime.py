@@ -17,22 +17,17 @@ Invariants:
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import os
-import signal
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import trio
 
+from . import parts
 from .auth.credentials import CredentialStore
-from .auth.digest import DigestAuthenticator
-from .auth.gate import AuthGate
-from .auth.limits import FailureBan, TokenBucketLimiter
+from .auth.limits import TokenBucketLimiter
 from .clock import Clock
 from .commit import GroupCommit
 from .config import Config
@@ -42,22 +37,19 @@ from .mgmt.logbudget import LogBudget
 from .mgmt.metrics import Metrics
 from .mgmt.trace import Tracer
 from .outbound.flow import CloseCause, Flow, Transport
-from .outbound.flowtoken import FlowTokenCodec
-from .outbound.keyfile import load_or_create_key, parse_secret
 from .overload import Shedder
 from .proxy.procedure import Forward, ProxyCore, ProxySettings, Register, Reply
-from .proxy.routing import KNOWN_METHODS, LocalIdentity
+from .proxy.routing import KNOWN_METHODS, LocalIdentity, response_flow, stamp_received
 from .registrar import (
     LocationStore,
     MemoryPersistence,
     Put,
     Registrar,
-    RegistrarSettings,
     SqlitePersistence,
     survives_restart,
 )
 from .registrar import RemovalCause as StoreRemoval
-from .sip import ParseError, Request, Response, SipURI, make_response, parse_message
+from .sip import ParseError, Request, Response, make_response, parse_message
 from .sip.build import phrase_with_detail
 from .sip.framer import FramingError
 from .store_writer import StoreWriterProcess
@@ -71,55 +63,15 @@ from .transaction import (
     TimerConfig,
     TransactionTable,
 )
-from .transport.addresses import default_host, local_addresses
+from .transport.addresses import LocalAddresses
 from .transport.connection import warning_budget
 from .transport.errors import FlowGone
-from .transport.flows import FlowLimits, FlowTable
 from .transport.listeners import BoundListener, ListenerSpec, serve
 from .transport.tls import make_server_context
 
 log = logging.getLogger("sipserver")
 flow_log = logging.getLogger("sipserver.flow")
 reg_log = logging.getLogger("sipserver.registrar")
-
-
-def _flow_token_codec(cfg: Config) -> tuple[FlowTokenCodec, bytes]:
-    """Flow tokens: key from config or generated file (0600); previous keys still verify."""
-    if cfg.outbound.secret:
-        key = parse_secret(cfg.outbound.secret)
-    else:
-        key = load_or_create_key(cfg.flow_token_key_path)
-    return FlowTokenCodec(key, [parse_secret(s) for s in cfg.outbound.previous_secrets]), key
-
-
-def _auth_gate(cfg: Config, key: bytes, stats: dict[str, int]) -> AuthGate | None:
-    if not cfg.auth_enabled:
-        return None
-    realm = cfg.auth.realm or (cfg.server.domains[0] if cfg.server.domains else "sipserver")
-    if cfg.auth.credentials_file:
-        credentials = CredentialStore.load_file(cfg.auth.credentials_file, realm)
-    else:
-        users = {name: {k: v for k, v in attrs.asdict(u).items() if v} for name, u in cfg.users.items()}
-        credentials = CredentialStore.from_users(realm, users)
-    secret = parse_secret(cfg.auth.secret) if cfg.auth.secret else hashlib.sha256(b"digest-nonce:" + key).digest()
-    a = cfg.auth
-    digest = DigestAuthenticator(realm, secret, nonce_lifetime=a.nonce_lifetime, algorithms=tuple(a.algorithms))
-    return AuthGate(credentials, digest, FailureBan(a.max_failures, a.failure_window, a.ban_time), stats)
-
-
-def _flow_table(cfg: Config) -> FlowTable:
-    lim = cfg.limits
-    return FlowTable(
-        serial_base=(int(time.time()) & 0xFFFFFFFF) << 24,  # distinct across restarts
-        limits=FlowLimits(
-            max_connections=lim.max_connections,
-            max_connections_per_ip=lim.max_connections_per_ip,
-            partial_message_timeout=lim.partial_message_timeout,
-            idle_flow_timeout=lim.idle_flow_timeout,
-            max_message_size=lim.max_message_size,
-            udp_warn_size=lim.udp_warn_size,
-        ),
-    )
 
 
 class Server:
@@ -130,7 +82,7 @@ class Server:
         os.makedirs(cfg.server.data_dir, exist_ok=True)
         self.clock = Clock()
         self.stats: dict[str, int] = {}
-        self.codec, key = _flow_token_codec(cfg)
+        self.codec, key = parts.flow_token_codec(cfg)
         self.identity = LocalIdentity(domains=set(cfg.server.domains))
         # SQLite: opened here (a bad path fails at start-up) and read by ``run``; from then on
         # a child process writes it (store_writer: SQLite off the event loop's GIL).
@@ -142,17 +94,11 @@ class Server:
             self.persistence = MemoryPersistence()
         self.commit = GroupCommit(writer, self.respond)
         self.store = LocationStore()
-        r = cfg.registrar
-        settings = RegistrarSettings(
-            min_expires=r.min_expires, max_expires=r.max_expires, default_expires=r.default_expires,
-            flow_timer=r.flow_timer, outbound_without_first_hop=r.outbound_without_first_hop,
-            gruu=r.gruu, require_instance=r.require_instance,
-        )
-        self.registrar = Registrar(settings, self.store, self.codec, is_local_domain=self.identity.is_local_domain)
+        self.registrar = Registrar(parts.registrar_settings(cfg), self.store, self.codec, is_local_domain=self.identity.is_local_domain)
         self.timers = TimerConfig(t1=cfg.transaction.t1, t2=cfg.transaction.t2, t4=cfg.transaction.t4)
         self.transactions = TransactionTable()
-        self.flows = _flow_table(cfg)
-        self.gate = _auth_gate(cfg, key, self.stats)
+        self.flows = parts.flow_table(cfg)
+        self.gate = parts.auth_gate(cfg, key, self.stats)
         self.auth_enabled = self.gate is not None
         p = cfg.proxy
         self.core = ProxyCore(
@@ -164,11 +110,13 @@ class Server:
         self.limiter = TokenBucketLimiter(rl.requests_per_second, rl.burst) if rl.enabled else None
         self.shedder = Shedder(cfg.limits.overload_queue_delay)
         self.listeners: list[BoundListener] = []
-        self.udp_local: dict[int, tuple[str, int]] = {}
+        self.addresses = LocalAddresses(self.identity, cfg.server.advertise)
+        self.udp_local = self.addresses.udp_local
+        self.local_uri = self.addresses.uri
+        self.via_for = self.addresses.via
         self.nursery: trio.Nursery | None = None
         self.started_at = time.time()
         self._timer_scope: trio.CancelScope | None = None
-        self._local_uris: dict[tuple[Transport, tuple[str, int]], SipURI] = {}
         self.metrics = Metrics()  # mgmt: responses, flow failures, latency (see mgmt/metrics.py)
         self.gc_pacer = GcPacer()
         self.tracer = Tracer()  # mgmt: POST /trace filters
@@ -254,36 +202,7 @@ class Server:
     def _bound(self, listeners: list[BoundListener]) -> None:
         """The listeners are bound and nothing was read yet: learn our own addresses."""
         self.listeners = listeners
-        ident = self.identity
-        if self.cfg.server.advertise:
-            ident.add_host(self.cfg.server.advertise)
-        for bl in listeners:
-            ident.ports.add(bl.port)
-            wildcard = bl.host in ("0.0.0.0", "::")
-            for host in local_addresses(bl.host == "::") if wildcard else [bl.host]:
-                ident.add_host(host)
-            if bl.transport == "udp":
-                self.udp_local[socket.AF_INET6 if ":" in bl.host else socket.AF_INET] = (bl.host, bl.port)
-
-    # ------------------------------------------------------------------ local URIs
-    def local_uri(self, flow: Flow) -> SipURI:
-        """This server's URI on the listener a flow belongs to (Via, Record-Route, Path).
-        Accepted connections know their real local address; a wildcard UDP socket does not,
-        so the advertised (or detected) address stands in for it."""
-        key = (flow.transport, flow.local)
-        uri = self._local_uris.get(key)
-        if uri is None:
-            host = flow.local[0]
-            if host in ("0.0.0.0", "::", ""):
-                host = self.cfg.server.advertise or default_host(host == "::")
-            params: list[tuple[str, str | None]] = []
-            if flow.transport is not Transport.UDP:
-                params.append(("transport", flow.transport.uri_param))
-            uri = self._local_uris[key] = SipURI("sip", None, None, host, flow.local[1], params, None)
-        return uri
-
-    def via_for(self, flow: Flow, branch: str) -> str:
-        return f"SIP/2.0/{flow.transport.value} {self.local_uri(flow).hostport};branch={branch}"
+        self.addresses.learn(listeners)
 
     # ------------------------------------------------------------------ sending
     async def send(self, flow: Flow, message: Request | Response) -> bool:
@@ -299,24 +218,11 @@ class Server:
             self.metrics.response_sent(message.status)
         return True
 
-    def response_flow(self, req: Request, arrival: Flow) -> Flow:
-        """RFC 3261 §18.2.2 / RFC 3581: on streams the arrival connection; on UDP the source
-        address when rport was asked for, else received (source IP) and the Via port."""
-        if arrival.transport is not Transport.UDP:
-            return arrival
-        via = req.top_via
-        if via.wants_rport:
-            return arrival
-        port = via.port or 5060
-        if (arrival.remote[0], port) == arrival.remote:
-            return arrival
-        return Flow(Transport.UDP, arrival.local, (arrival.remote[0], port), 0)
-
     async def reply(
         self, req: Request, arrival: Flow, status: int, reason: str | None = None, headers: Sequence[tuple[str, str]] = ()
     ) -> None:
         """Answer statelessly (or for a server transaction already accounted for)."""
-        await self.send(self.response_flow(req, arrival), self.core.response(req, status, reason, list(headers)))
+        await self.send(response_flow(req, arrival), self.core.response(req, status, reason, list(headers)))
 
     async def respond(self, txn: ServerTransaction, resp: Response) -> None:
         """Send a response through its server transaction (RFC 3261 §17.2)."""
@@ -416,23 +322,10 @@ class Server:
         # responses that fail to parse are dropped (RFC 4475 bigcode, scalarlg)
 
     # ------------------------------------------------------------------ requests
-    def _fix_via(self, req: Request, flow: Flow) -> None:
-        """RFC 3261 §18.2.1 received, RFC 3581 rport on the top Via."""
-        via = req.top_via
-        changes: dict[str, str | None] = {}
-        src_ip, src_port = flow.remote
-        if via.host != src_ip:
-            changes["received"] = src_ip
-        if via.wants_rport:
-            changes["rport"] = str(src_port)
-            changes.setdefault("received", src_ip)
-        if changes:
-            req.replace_top_via(via.with_params(**changes))
-
     async def _on_request(self, req: Request, flow: Flow) -> None:
         method = req.method
         self._count(f"requests_{method}" if method in KNOWN_METHODS else "requests_other")
-        self._fix_via(req, flow)
+        stamp_received(req, flow.remote)
         now = self.clock.now()
         if self.limiter is not None and not self.limiter.allow(flow.remote[0], now):
             self._count("rate_limited")
@@ -454,7 +347,7 @@ class Server:
             await self._shed(req, flow)
             return
         cls = InviteServerTransaction if method == "INVITE" else NonInviteServerTransaction
-        txn = cls(req, flow.transport.reliable, self.timers, now, context=self.response_flow(req, flow))
+        txn = cls(req, flow.transport.reliable, self.timers, now, context=response_flow(req, flow))
         self.transactions.add(txn)
         self.wake_timer(txn.next_deadline())
         if method == "INVITE":
@@ -569,44 +462,4 @@ def _log_binding_event(ev: Any, flow: Flow, budget: LogBudget) -> None:
         reg_log.log(level, "binding %s: %s via %s%s", kind, text, flow.id, extra)
 
 
-async def serve_config(cfg: Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Run a server until cancelled (tests start it with ``nursery.start``)."""
-    await _serve(Server(cfg), task_status=task_status)
-
-
-def run(cfg: Config) -> int:
-    """`sipserver run`: serve until SIGINT/SIGTERM, then shut down cleanly and return 0.
-    SIGHUP re-reads the credentials without a restart."""
-
-    async def main() -> None:
-        server = Server(cfg)
-        async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-                nursery.start_soon(_serve, server)
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        server.reload_credentials()
-                        continue
-                    log.info("received %s, shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
-
-    try:
-        trio.run(main)
-    except Exception:
-        log.exception("server failed")
-        return 1
-    log.info("stopped")
-    return 0
-
-
-async def _serve(server: Server, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Run until cancelled, then flush the store (shielded, so a cancelled run still saves)."""
-    try:
-        await server.run(task_status=task_status)
-    finally:
-        with trio.CancelScope(shield=True):
-            await server.shutdown()
-
-
-__all__ = ["Server", "run", "serve_config"]
+__all__ = ["Server"]

@@ -11,8 +11,6 @@ decisions. Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import attrs
 
 from ..outbound.flow import Flow, Transport
@@ -179,10 +177,6 @@ def record_route_uri(
     return f"<{uri}>"
 
 
-def target_route_set(path: Iterable[str]) -> list[NameAddr]:
-    return [NameAddr.parse(p, "Path") for p in path]
-
-
 def transport_for_uri(uri: SipURI) -> Transport:
     t = uri.transport
     if uri.secure:
@@ -196,3 +190,32 @@ def transport_for_uri(uri: SipURI) -> Transport:
     if t == "wss":
         return Transport.WSS
     return Transport.UDP
+
+
+def stamp_received(req: Request, source: tuple[str, int]) -> None:
+    """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via, from the source
+    address the request came from."""
+    via = req.top_via
+    changes: dict[str, str | None] = {}
+    src_ip, src_port = source
+    if via.host != src_ip:
+        changes["received"] = src_ip
+    if via.wants_rport:
+        changes["rport"] = str(src_port)
+        changes.setdefault("received", src_ip)
+    if changes:
+        req.replace_top_via(via.with_params(**changes))
+
+
+def response_flow(req: Request, arrival: Flow) -> Flow:
+    """RFC 3261 §18.2.2 / RFC 3581: on streams the arrival connection; on UDP the source
+    address when rport was asked for, else received (source IP) and the Via port."""
+    if arrival.transport is not Transport.UDP:
+        return arrival
+    via = req.top_via
+    if via.wants_rport:
+        return arrival
+    port = via.port or 5060
+    if (arrival.remote[0], port) == arrival.remote:
+        return arrival
+    return Flow(Transport.UDP, arrival.local, (arrival.remote[0], port), 0)

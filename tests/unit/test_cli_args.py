@@ -40,16 +40,16 @@ def restore_logging() -> Iterator[None]:
 
 @pytest.fixture
 def fake_runtime(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
-    """Stands in for sipserver.runtime; records the Config each run() gets."""
+    """Stands in for sipserver.service; records the Config each run() gets."""
     calls: list[Config] = []
-    module = types.ModuleType("sipserver.runtime")
+    module = types.ModuleType("sipserver.service")
 
     def run(cfg: Config) -> int:
         calls.append(cfg)
         return 7
 
     module.run = run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sipserver.runtime", module)
+    monkeypatch.setitem(sys.modules, "sipserver.service", module)
     return calls
 
 
@@ -124,7 +124,7 @@ def test_run_bad_config_never_imports_runtime(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # None in sys.modules makes any import of the runtime fail loudly.
-    monkeypatch.setitem(sys.modules, "sipserver.runtime", None)
+    monkeypatch.setitem(sys.modules, "sipserver.service", None)
     assert cli.main(["run", "-c", write(tmp_path, "[nope]\n")]) == 2
     assert 'unknown key "nope"' in capsys.readouterr().err
 

@@ -1,0 +1,68 @@
+"""The server's parts, each built from its config section (the runtime wires them together).
+Raises what the part raises on a bad file or value, so start-up fails with the reason."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import attrs
+
+from .auth.credentials import CredentialStore
+from .auth.digest import DigestAuthenticator
+from .auth.gate import AuthGate
+from .auth.limits import FailureBan
+from .config import Config
+from .outbound.flowtoken import FlowTokenCodec
+from .outbound.keyfile import load_or_create_key, parse_secret
+from .registrar import RegistrarSettings
+from .transport.flows import FlowLimits, FlowTable
+
+
+def flow_token_codec(cfg: Config) -> tuple[FlowTokenCodec, bytes]:
+    """Flow tokens: key from config or generated file (0600); previous keys still verify."""
+    if cfg.outbound.secret:
+        key = parse_secret(cfg.outbound.secret)
+    else:
+        key = load_or_create_key(cfg.flow_token_key_path)
+    return FlowTokenCodec(key, [parse_secret(s) for s in cfg.outbound.previous_secrets]), key
+
+
+def auth_gate(cfg: Config, key: bytes, stats: dict[str, int]) -> AuthGate | None:
+    if not cfg.auth_enabled:
+        return None
+    realm = cfg.auth.realm or (cfg.server.domains[0] if cfg.server.domains else "sipserver")
+    if cfg.auth.credentials_file:
+        credentials = CredentialStore.load_file(cfg.auth.credentials_file, realm)
+    else:
+        users = {name: {k: v for k, v in attrs.asdict(u).items() if v} for name, u in cfg.users.items()}
+        credentials = CredentialStore.from_users(realm, users)
+    secret = parse_secret(cfg.auth.secret) if cfg.auth.secret else hashlib.sha256(b"digest-nonce:" + key).digest()
+    a = cfg.auth
+    digest = DigestAuthenticator(realm, secret, nonce_lifetime=a.nonce_lifetime, algorithms=tuple(a.algorithms))
+    return AuthGate(credentials, digest, FailureBan(a.max_failures, a.failure_window, a.ban_time), stats)
+
+
+def flow_table(cfg: Config) -> FlowTable:
+    lim = cfg.limits
+    return FlowTable(
+        serial_base=(int(time.time()) & 0xFFFFFFFF) << 24,  # distinct across restarts
+        limits=FlowLimits(
+            max_connections=lim.max_connections,
+            max_connections_per_ip=lim.max_connections_per_ip,
+            partial_message_timeout=lim.partial_message_timeout,
+            idle_flow_timeout=lim.idle_flow_timeout,
+            max_message_size=lim.max_message_size,
+            udp_warn_size=lim.udp_warn_size,
+        ),
+    )
+
+
+def registrar_settings(cfg: Config) -> RegistrarSettings:
+    r = cfg.registrar
+    return RegistrarSettings(
+        min_expires=r.min_expires, max_expires=r.max_expires, default_expires=r.default_expires,
+        flow_timer=r.flow_timer, outbound_without_first_hop=r.outbound_without_first_hop,
+        gruu=r.gruu, require_instance=r.require_instance,
+    )
+
