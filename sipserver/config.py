@@ -192,15 +192,29 @@ _LISTEN_TRANSPORTS: tuple[ListenTransport, ...] = ("udp", "tcp", "tls", "ws", "w
 _PATH_RE = re.compile(r"/[!-~]*")  # visible ASCII, no spaces
 
 
+def _listen_transport(value: ListenTransport | str | Transport) -> ListenTransport:
+    """A listener transport as the config names it (``udp`` ... ``wss``); any case, or a
+    ``Transport``, is accepted. ValueError for anything else."""
+    name = value.value.lower() if isinstance(value, Transport) else str(value).lower()
+    for known in _LISTEN_TRANSPORTS:
+        if name == known:
+            return known
+    raise ValueError(
+        f"unknown listener transport {value!r} (use one of {', '.join(_LISTEN_TRANSPORTS)})"
+    )
+
+
 @attrs.frozen(slots=True)
 class ListenSpec:
     """One socket to listen on: ``TRANSPORT:HOST:PORT[/PATH]`` (PATH only for ws/wss).
 
-    ``host`` holds IPv6 addresses without brackets; ``port`` 0 asks the OS for a free port.
-    ``str()`` renders the spec back so that ``parse_listen(str(s)) == s``.
+    ``host`` holds IPv6 addresses without brackets (a name or ``0.0.0.0``/``::`` for all);
+    ``port`` 0 asks the OS for a free port; ``path`` is the HTTP path of the WebSocket upgrade
+    (RFC 7118 §4). ``transport`` takes any case or a ``Transport``. ``str()`` renders the spec
+    back so that ``parse_listen(str(s)) == s``. The transport layer's ``serve`` binds these.
     """
 
-    transport: ListenTransport
+    transport: ListenTransport = attrs.field(converter=_listen_transport)
     host: str
     port: int
     path: str = "/"

@@ -66,7 +66,7 @@ from .transaction import (
 from .transport.addresses import LocalAddresses
 from .transport.connection import warning_budget
 from .transport.errors import FlowGone
-from .transport.listeners import BoundListener, ListenerSpec, serve
+from .transport.listeners import BoundListener, serve
 from .transport.tls import make_server_context
 
 log = logging.getLogger("sipserver")
@@ -148,7 +148,7 @@ class Server:
         ssl_ctx = None
         if any(s.transport in ("tls", "wss") for s in cfg.server.listen):
             ssl_ctx = make_server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca or None, cfg.tls.min_version)
-        specs = [ListenerSpec(s.transport, s.host, s.port, s.path) for s in cfg.server.listen]
+        specs = list(cfg.server.listen)
         gc_was_enabled = gc.isenabled()
         try:
             async with trio.open_nursery() as nursery:

@@ -7,7 +7,7 @@ SIP beyond stream framing (``sipserver.sip.framer``).
 
 from .errors import ConnectFailed, FlowGone, TransportFailure
 from .flows import FlowInfo, FlowLimits, FlowTable
-from .listeners import BoundListener, ListenerSpec, serve
+from .listeners import BoundListener, serve
 from .sink import MessageSink
 from .tls import TlsConfigError, make_client_context, make_server_context
 
@@ -18,7 +18,6 @@ __all__ = [
     "FlowInfo",
     "FlowLimits",
     "FlowTable",
-    "ListenerSpec",
     "MessageSink",
     "TlsConfigError",
     "TransportFailure",

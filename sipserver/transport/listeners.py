@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
+from sipserver.config import ListenSpec, ListenTransport
 from sipserver.outbound.flow import Transport
 
 from .connection import logger, warning_budget
@@ -34,47 +35,18 @@ from .websocket import handle_accepted_websocket
 _STREAM_TASK = "sipserver.connection"
 _WS_TASK = "sipserver.websocket"
 
-__all__ = ["BoundListener", "ListenerSpec", "serve"]
+__all__ = ["BoundListener", "serve"]
 
 _UDP_RCVBUF = 4 * 1024 * 1024
 _BACKLOG = 1024
 _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
-_NAMES = ("udp", "tcp", "tls", "ws", "wss")
-
-
-def _transport_name(value: Transport | str) -> str:
-    """Listener transports are named as in the config (``udp`` ... ``wss``); a ``Transport`` is
-    accepted too."""
-    name = value.value.lower() if isinstance(value, Transport) else str(value).lower()
-    if name not in _NAMES:
-        raise ValueError(f"unknown listener transport {value!r} (use one of {', '.join(_NAMES)})")
-    return name
-
-
-@attrs.frozen(slots=True)
-class ListenerSpec:
-    """Where to listen: transport name (``udp``, ``tcp``, ``tls``, ``ws``, ``wss``; a
-    ``Transport`` is converted), IP address (or name; ``0.0.0.0``/``::`` for all), port (0 = any
-    free port) and, for WS/WSS, the HTTP path of the upgrade request (RFC 7118 §4)."""
-
-    transport: str = attrs.field(converter=_transport_name)
-    host: str
-    port: int
-    path: str = "/"
-
-    @property
-    def flow_transport(self) -> Transport:
-        """The Via/Flow transport of the flows this listener produces (RFC 7118 §5.2)."""
-        return Transport(self.transport.upper())
-
-
 @attrs.frozen(slots=True)
 class BoundListener:
     """A listening socket as actually bound (``path`` only for WS/WSS)."""
 
-    transport: str = attrs.field(converter=_transport_name)
+    transport: ListenTransport
     host: str
     port: int
     path: str | None = None
@@ -89,7 +61,7 @@ class BoundListener:
 
 
 async def serve(
-    listeners: Sequence[ListenerSpec],
+    listeners: Sequence[ListenSpec],
     table: FlowTable,
     sink: MessageSink,
     ssl_context: ssl.SSLContext | None,
@@ -105,7 +77,7 @@ async def serve(
     for spec in listeners:
         if spec.flow_transport.secure and ssl_context is None:
             raise ValueError(f"{spec.transport} listener on port {spec.port} needs a TLS context")
-    opened: list[tuple[ListenerSpec, socket.socket]] = []
+    opened: list[tuple[ListenSpec, socket.socket]] = []
     attached = False
     try:
         for spec in listeners:
@@ -143,13 +115,13 @@ async def serve(
             raw.close()
 
 
-def _describe(spec: ListenerSpec, raw: socket.socket) -> BoundListener:
+def _describe(spec: ListenSpec, raw: socket.socket) -> BoundListener:
     name = raw.getsockname()
     is_ws = spec.flow_transport in (Transport.WS, Transport.WSS)
     return BoundListener(spec.transport, name[0], name[1], spec.path if is_ws else None)
 
 
-async def _bind(spec: ListenerSpec) -> list[socket.socket]:
+async def _bind(spec: ListenSpec) -> list[socket.socket]:
     """Bind (and listen on) every address ``spec.host`` resolves to."""
     datagram = spec.flow_transport is Transport.UDP
     socktype = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
@@ -199,7 +171,7 @@ async def _accept_loop(
     table: FlowTable,
     sink: MessageSink,
     listener: trio.socket.SocketType,
-    spec: ListenerSpec,
+    spec: ListenSpec,
     ssl_context: ssl.SSLContext | None,
     nursery: trio.Nursery,
 ) -> None:

@@ -16,19 +16,19 @@ import trio
 from certs import client_context, make_self_signed
 from transport_fixtures import Server, echo_of, ipv6_available, sip_message, start_server
 
+from sipserver.config import ListenSpec
 from sipserver.outbound.flow import Transport
 from sipserver.sip.framer import FramedMessage, StreamFramer
 from sipserver.transport import (
     ConnectFailed,
     FlowGone,
     FlowLimits,
-    ListenerSpec,
     make_server_context,
 )
 
 
 async def tcp_server(nursery: trio.Nursery, host: str = "127.0.0.1", **kw: object) -> Server:
-    return await start_server(nursery, [ListenerSpec(Transport.TCP, host, 0)], **kw)  # type: ignore[arg-type]
+    return await start_server(nursery, [ListenSpec(Transport.TCP, host, 0)], **kw)  # type: ignore[arg-type]
 
 
 async def connect(server: Server, v6: bool = False) -> trio.SocketStream:
@@ -423,7 +423,7 @@ async def test_tls_message_ping_and_connect(
     cert, key = tls_files
     server = await start_server(
         nursery,
-        [ListenerSpec(Transport.TLS, "127.0.0.1", 0)],
+        [ListenSpec(Transport.TLS, "127.0.0.1", 0)],
         ssl_context=make_server_context(cert, key),
         echo=True,
     )
@@ -461,7 +461,7 @@ async def test_tls_handshake_failure_opens_no_flow(
     cert, key = tls_files
     server = await start_server(
         nursery,
-        [ListenerSpec(Transport.TLS, "127.0.0.1", 0)],
+        [ListenSpec(Transport.TLS, "127.0.0.1", 0)],
         ssl_context=make_server_context(cert, key),
     )
     host, port = server.addr(Transport.TLS)
@@ -546,16 +546,16 @@ async def test_idle_tcp_flow_memory_budget(nursery: trio.Nursery) -> None:
 
 
 def test_listener_spec_takes_config_names_or_transports() -> None:
-    assert ListenerSpec("TCP", "::", 0).transport == "tcp"
-    assert ListenerSpec(Transport.WSS, "::", 0).flow_transport is Transport.WSS
+    assert ListenSpec("TCP", "::", 0).transport == "tcp"
+    assert ListenSpec(Transport.WSS, "::", 0).flow_transport is Transport.WSS
     with pytest.raises(ValueError):
-        ListenerSpec("sctp", "::", 0)
+        ListenSpec("sctp", "::", 0)
 
 
 async def test_snapshot_and_counts(nursery: trio.Nursery) -> None:
     server = await start_server(
         nursery,
-        [ListenerSpec("tcp", "127.0.0.1", 0), ListenerSpec("udp", "127.0.0.1", 0)],
+        [ListenSpec("tcp", "127.0.0.1", 0), ListenSpec("udp", "127.0.0.1", 0)],
     )
     assert {b.transport for b in server.bound} == {"tcp", "udp"}
     client = await connect(server)

@@ -12,8 +12,9 @@ import pytest
 import trio
 from transport_fixtures import Server, ipv6_available, sip_message, start_server
 
+from sipserver.config import ListenSpec
 from sipserver.outbound.flow import Flow, Transport
-from sipserver.transport import FlowGone, FlowLimits, ListenerSpec
+from sipserver.transport import FlowGone, FlowLimits
 
 FAMILIES = [
     pytest.param("127.0.0.1", id="ipv4"),
@@ -26,7 +27,7 @@ FAMILIES = [
 
 
 async def udp_server(nursery: trio.Nursery, host: str, **kw: object) -> Server:
-    return await start_server(nursery, [ListenerSpec(Transport.UDP, host, 0)], **kw)  # type: ignore[arg-type]
+    return await start_server(nursery, [ListenSpec(Transport.UDP, host, 0)], **kw)  # type: ignore[arg-type]
 
 
 async def udp_client(host: str) -> trio.socket.SocketType:

@@ -18,14 +18,15 @@ from certs import client_context, make_self_signed
 from transport_fixtures import Server, echo_of, sip_message, start_server
 from trio_websocket import ConnectionRejected, WebSocketConnection, open_websocket
 
+from sipserver.config import ListenSpec
 from sipserver.outbound.flow import CloseCause, Transport
-from sipserver.transport import FlowGone, ListenerSpec, make_server_context
+from sipserver.transport import FlowGone, make_server_context
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "rfc4475"
 
 
 async def ws_server(nursery: trio.Nursery, path: str = "/", **kw: object) -> Server:
-    return await start_server(nursery, [ListenerSpec(Transport.WS, "127.0.0.1", 0, path)], **kw)  # type: ignore[arg-type]
+    return await start_server(nursery, [ListenSpec(Transport.WS, "127.0.0.1", 0, path)], **kw)  # type: ignore[arg-type]
 
 
 async def receive(ws: WebSocketConnection, timeout: float = 2.0) -> str | bytes:
@@ -192,7 +193,7 @@ async def test_wss_works(nursery: trio.Nursery, tls_files: tuple[Path, Path]) ->
     cert, key = tls_files
     server = await start_server(
         nursery,
-        [ListenerSpec(Transport.WSS, "127.0.0.1", 0, "/ws")],
+        [ListenSpec(Transport.WSS, "127.0.0.1", 0, "/ws")],
         ssl_context=make_server_context(cert, key),
         echo=True,
     )

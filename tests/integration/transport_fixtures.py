@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
+from sipserver.config import ListenSpec
 from sipserver.outbound.flow import Flow, Transport
 from sipserver.sip.framer import FramingError
 from sipserver.transport import (
     BoundListener,
     FlowLimits,
     FlowTable,
-    ListenerSpec,
     serve,
 )
 
@@ -132,7 +132,7 @@ class Server:
 
 async def start_server(
     nursery: trio.Nursery,
-    specs: Sequence[ListenerSpec],
+    specs: Sequence[ListenSpec],
     *,
     limits: FlowLimits | None = None,
     ssl_context: object = None,
