@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import enum
 import hashlib
 import hmac
@@ -29,6 +28,8 @@ import struct
 from collections.abc import Callable
 
 import attrs
+
+from ..bounded import LruTable
 
 __all__ = [
     "AuthResult",
@@ -263,9 +264,7 @@ class DigestAuthenticator:
     _opaque: str = attrs.field(init=False, repr=False)
     _dummy_ha1: dict[str, str] = attrs.field(init=False, repr=False)
     # nonce -> (highest nc seen, issue stamp); oldest-used first (LRU order).
-    _nc_seen: collections.OrderedDict[str, tuple[int, float]] = attrs.field(
-        init=False, factory=collections.OrderedDict, repr=False
-    )
+    _nc_seen: LruTable[str, tuple[int, float]] = attrs.field(init=False, repr=False)
     # Nonces issued at or before this stamp may have lost their nc record to the cap.
     _evicted_horizon: float = attrs.field(init=False, default=float("-inf"), repr=False)
 
@@ -276,6 +275,7 @@ class DigestAuthenticator:
             raise ValueError("nonce_lifetime must be positive")
         if self.max_nonces < 1:
             raise ValueError("max_nonces must be at least 1")
+        self._nc_seen = LruTable(self.max_nonces)
         algos = tuple(_normalise_algorithm(a) for a in self.algorithms)
         if not algos or any(a not in _HASHES for a in algos) or len(set(algos)) != len(algos):
             raise ValueError(f"algorithms must be distinct values from {sorted(_HASHES)}")
@@ -412,13 +412,13 @@ class DigestAuthenticator:
         if seen is None:
             if stamp <= self._evicted_horizon:
                 return AuthStatus.STALE
-            self._nc_seen[nonce] = (nc, stamp)
             self._prune(now)
+            for _, (_, evicted_stamp) in self._nc_seen.put(nonce, (nc, stamp)):
+                self._evicted_horizon = max(self._evicted_horizon, evicted_stamp)
             return AuthStatus.OK
         if nc <= seen[0]:
             return None
-        self._nc_seen[nonce] = (nc, stamp)
-        self._nc_seen.move_to_end(nonce)
+        self._nc_seen.put(nonce, (nc, stamp))
         return AuthStatus.OK
 
     def _prune(self, now: float) -> None:
@@ -429,9 +429,6 @@ class DigestAuthenticator:
             if now - table[oldest][1] <= self.nonce_lifetime:
                 break
             del table[oldest]
-        while len(table) > self.max_nonces:
-            _, (_, stamp) = table.popitem(last=False)
-            self._evicted_horizon = max(self._evicted_horizon, stamp)
 
     @property
     def tracked_nonces(self) -> int:

@@ -15,6 +15,8 @@ import math
 
 import attrs
 
+from ..bounded import LruTable
+
 __all__ = ["FailureBan", "TokenBucketLimiter"]
 
 
@@ -40,9 +42,7 @@ class TokenBucketLimiter:
     rate: float
     burst: float
     max_sources: int = 100_000
-    _buckets: collections.OrderedDict[str, _Bucket] = attrs.field(
-        init=False, factory=collections.OrderedDict, repr=False
-    )
+    _buckets: LruTable[str, _Bucket] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         _positive("rate", self.rate)
@@ -51,6 +51,7 @@ class TokenBucketLimiter:
             raise ValueError("burst must be at least 1")
         if self.max_sources < 1:
             raise ValueError("max_sources must be at least 1")
+        self._buckets = LruTable(self.max_sources)
 
     def _refill(self, bucket: _Bucket, now: float) -> None:
         elapsed = now - bucket.last
@@ -63,10 +64,10 @@ class TokenBucketLimiter:
         bucket = self._buckets.get(source_ip)
         if bucket is None:
             bucket = _Bucket(self.burst, now)
-            self._buckets[source_ip] = bucket
+            self._buckets.put(source_ip, bucket)
             self._evict(now)
         else:
-            self._buckets.move_to_end(source_ip)
+            self._buckets.touch(source_ip)
             self._refill(bucket, now)
         if bucket.tokens >= 1:
             bucket.tokens -= 1
@@ -83,14 +84,12 @@ class TokenBucketLimiter:
         return max(1, math.ceil(missing / self.rate)) if missing > 0 else 1
 
     def _evict(self, now: float) -> None:
-        """Keep at most ``max_sources`` buckets, oldest-seen first.
+        """Drop refilled buckets at the old end (the table's cap drops the oldest anyway).
 
         A bucket that has refilled carries no information, so dropping it is free; when the
         oldest ones are still draining they go anyway, which only helps that source.
         """
         buckets = self._buckets
-        while len(buckets) > self.max_sources:
-            buckets.popitem(last=False)
         # Opportunistic clean-up of refilled buckets at the old end, a few per call.
         for _ in range(2):
             if len(buckets) <= 1:
@@ -125,9 +124,7 @@ class FailureBan:
     window: float
     ban_time: float
     max_sources: int = 100_000
-    _sources: collections.OrderedDict[str, _Failures] = attrs.field(
-        init=False, factory=collections.OrderedDict, repr=False
-    )
+    _sources: LruTable[str, _Failures] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.max_failures < 1:
@@ -136,16 +133,15 @@ class FailureBan:
         _positive("ban_time", self.ban_time)
         if self.max_sources < 1:
             raise ValueError("max_sources must be at least 1")
+        self._sources = LruTable(self.max_sources)
 
     def record_failure(self, ip: str, now: float) -> None:
         entry = self._sources.get(ip)
         if entry is None:
             entry = _Failures(collections.deque(maxlen=self.max_failures))
-            self._sources[ip] = entry
-            while len(self._sources) > self.max_sources:
-                self._sources.popitem(last=False)
+            self._sources.put(ip, entry)
         else:
-            self._sources.move_to_end(ip)
+            self._sources.touch(ip)
         if entry.banned_until > now:
             return
         times = entry.times

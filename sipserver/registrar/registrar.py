@@ -36,7 +36,7 @@ from typing import Protocol
 import attrs
 
 from sipserver.outbound.flow import Flow, Transport
-from sipserver.sip.build import RESPONSE_COPIED, make_response, reason_phrase
+from sipserver.sip.build import RESPONSE_COPIED, make_response, phrase_with_detail, reason_phrase
 from sipserver.sip.errors import ParseError
 from sipserver.sip.headers import Contact
 from sipserver.sip.message import Header, Request, Response
@@ -162,15 +162,6 @@ class _Reject(Exception):
         self.headers = headers or []
 
 
-def _phrase(status: int, detail: str | None = None) -> str:
-    """Standard reason phrase, with the detail in parentheses; printable ASCII only."""
-    base = reason_phrase(status)
-    if not detail:
-        return base
-    clean = "".join(ch if " " <= ch <= "~" else "?" for ch in detail)[:120]
-    return f"{base} ({clean})"
-
-
 class Registrar:
     """Applies REGISTER requests to a ``LocationStore``."""
 
@@ -206,7 +197,7 @@ class Registrar:
         self, req: Request, status: int, detail: str, headers: list[tuple[str, str]] | None = None
     ) -> Response:
         return make_response(
-            req, status, _phrase(status, detail), to_tag=random_hex(6), headers=headers
+            req, status, phrase_with_detail(status, detail), to_tag=random_hex(6), headers=headers
         )
 
     def _handle(self, req: Request, flow: Flow, now: float, local_uri: SipURI) -> RegisterResult:
