@@ -42,13 +42,6 @@ class Transport(enum.Enum):
             return "ws"
         return str(self.value).lower()
 
-    @classmethod
-    def from_via(cls, token: str) -> Transport | None:
-        try:
-            return cls(token.upper())
-        except ValueError:
-            return None
-
 
 Address = tuple[str, int]
 

@@ -101,9 +101,8 @@ class Message:
         # Set by the parser: the raw header lines (continuations joined); the index (key ->
         # value of its first line, and key -> values of all its lines for the keys that have
         # several lines, None when none has); the received start line plus header lines.
-        # Never changed in place, so a copy may share them. ``_first`` None: not built yet.
-        # Never changed in place (edits make a new list), so copies share them; a tuple once
-        # compacted (``compact``).
+        # Never changed in place (edits make a new list), so copies share them. ``_first``
+        # None: not built yet.
         self._lines: Sequence[str] | None = None
         self._keys: Sequence[str] | None = None  # the key of each of ``_lines``, same order
         self._first: dict[str, str] | None = None
@@ -383,43 +382,14 @@ class Message:
             out.extend(g)
         return out
 
-    def compact(self) -> None:
-        """Drop everything derived from the header lines (``Header`` objects, index, typed
-        views), keeping the lines themselves; everything is rebuilt on next use.
-
-        A server transaction keeps its request and last response for up to 32 s after the final
-        response only to match and answer retransmissions (RFC 3261 §17.2). At thousands of
-        REGISTERs a second the parsed views of those messages were most of the objects the
-        garbage collector had to walk, and its pauses the worst latencies (docs/performance.md).
-        """
-        if self._frozen is not None:
-            return
-        hdrs = self._headers
-        if hdrs is not None:
-            if self._first is None:
-                self._build_index()  # from the Header objects: cheaper than from the lines
-            self._lines = tuple([h.raw if h.raw is not None else f"{h.name}: {h.value}" for h in hdrs])
-            self._keys = tuple([h.key for h in hdrs])
-            self._headers = None
-        elif self._lines is not None and self._keys is not None:
-            # Tuples of strings drop out of the collector's sight after one collection; lists
-            # never do.
-            self._lines = tuple(self._lines)
-            self._keys = tuple(self._keys)
-        # The index (strings only) stays: it describes the lines as they are.
-        if self._cache:
-            self._cache = {}
-        self._vias = self._cseq = self._from = self._to = None
-        self._contacts = None
-
     def freeze(self) -> None:
         """Keep nothing but the serialised bytes (``to_bytes`` returns them as they are); any
         other use parses them again first (``_thaw``).
 
-        Goes further than ``compact``: a server transaction keeps its request and its final
-        response for 32 s (timer J, RFC 3261 §17.2.2) only to answer retransmissions with the
-        same bytes. Over UDP at 3,000 REGISTERs a second their header lines, index and received
-        bytes were ~6 KB a transaction, over 500 MB in all (docs/performance.md)."""
+        A server transaction keeps its request and its final response for 32 s (timer J, RFC
+        3261 §17.2.2) only to answer retransmissions with the same bytes. Over UDP at 3,000
+        REGISTERs a second their header lines, index and received bytes were ~6 KB a
+        transaction, over 500 MB in all (docs/performance.md)."""
         if self._frozen is not None:
             return
         data = self.to_bytes()
@@ -700,10 +670,6 @@ class Request(Message):
         if self._start is not None:
             return self._start
         return f"{self.method} {self.uri_text} {self.version}"
-
-    def compact(self) -> None:
-        super().compact()
-        self._uri = None  # uri_text always holds it
 
     def freeze(self) -> None:
         super().freeze()
