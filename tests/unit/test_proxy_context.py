@@ -4,10 +4,7 @@ OB-CS-07). Plain calls with a fake clock."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -100,16 +97,6 @@ def invite_ctx(
 
 
 # --------------------------------------------------------------------------- basics
-
-
-def test_sans_io_modules_do_not_import_trio() -> None:
-    """Design rule: checked in a clean process, since pytest-trio has already imported trio."""
-    code = (
-        "import sys, sipserver.proxy.context, sipserver.proxy.selection; "
-        "sys.exit('trio' in sys.modules or 'socket' in sys.modules)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
-    assert result.returncode == 0
 
 
 def test_empty_target_list_is_the_runtimes_job() -> None:

@@ -7,8 +7,6 @@ to T2 and fixed at T2 in PROCEEDING, F and K, and transport errors (PX-13).
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from sipserver.sip import Request, Response, parse_message
@@ -334,12 +332,3 @@ def test_custom_timer_values_scale_everything() -> None:
 def test_bad_timer_config_raises_transaction_error(kwargs: dict[str, object]) -> None:
     with pytest.raises(TransactionError):
         TimerConfig(**kwargs)  # type: ignore[arg-type]
-
-
-def test_transaction_layer_does_not_import_trio() -> None:
-    """DESIGN.md: the sans-IO packages never pull in trio."""
-    import subprocess
-
-    code = "import sys, sipserver.transaction; print('trio' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
