@@ -801,6 +801,12 @@ class LimitsConfig:
     )
     max_headers: int = _opt(256, _Int(8), "Most header fields in one message.")
     max_vias: int = _opt(32, _Int(1), "Most Via header values in one message.")
+    max_route_values: int = _opt(
+        32,
+        _Int(1),
+        "Most Route plus Record-Route values in one message (checked before anything else reads "
+        "them: route processing stays cheap whatever a message carries).",
+    )
     udp_warn_size: int = _opt(
         1300,
         _Int(1),

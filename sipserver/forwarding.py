@@ -15,7 +15,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ from .proxy.context import (
     StartBranch,
 )
 from .proxy.procedure import Forward
-from .proxy.routing import record_route_uri, transport_for_uri
+from .proxy.routing import transport_for_uri
 from .proxy.targets import Dest, build_branch_request, must_wait, new_branch_id
 from .registrar import Delete
 from .registrar import RemovalCause as StoreRemoval
@@ -230,7 +229,7 @@ class Forwarder:
         rr = None
         if job.caller_rr is not None:
             # OB-CS-06: a second Record-Route for the callee's leg, naming its flow.
-            rr = (job.caller_rr, record_route_uri(s.local_uri(flow), s.core.token(flow), ob=dest.ob))
+            rr = (job.caller_rr, s.core.record_route(job.request, s.local_uri(flow), flow, ob=dest.ob))
         req = build_branch_request(job.request, dest, s.via_for(flow, new_branch_id(job.request)), rr)
         ctxn: ClientTransaction
         if req.method == "INVITE":
@@ -301,23 +300,9 @@ class Forwarder:
             await self.server.respond(job.server_txn, out)
 
     async def _forward_late_2xx(self, resp: Response) -> None:
-        s = self.server
-        route = s.core.route_late_2xx(resp)
-        if route is None:
-            return
-        out, where = route
-        if isinstance(where, Flow):
-            await s.send(where, out)
-            return
-        host, port = where
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            proxy_log.info("late 2xx for %s dropped: next Via host %r is not an address", resp.call_id, host)
-            return
-        local = s.udp_local.get(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        if local is not None:
-            await s.send(Flow(Transport.UDP, local, (host, port), 0), out)
+        route = self.server.core.route_late_2xx(resp)
+        if route is not None:
+            await self.server.send(route[1], route[0])
 
     # ------------------------------------------------------------------ reaching a URI
     async def _resolve(self, dest: Dest) -> Flow:

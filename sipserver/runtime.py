@@ -125,6 +125,7 @@ class Server:
         # Per-event INFO lines (bindings, closed flows) are capped per second; see logbudget.
         self._reg_log_budget = LogBudget(reg_log, "binding")
         self._flow_log_budget = LogBudget(flow_log, "flow closed")
+        self._bad_log_budget = LogBudget(log, "bad message")
 
     @property
     def credentials(self) -> CredentialStore | None:
@@ -291,9 +292,9 @@ class Server:
         except ParseError as err:
             await self._parse_error(flow, err)
             return
-        if msg.header_count() > lim.max_headers or len(msg.vias) > lim.max_vias:
-            what, limit = ("headers", lim.max_headers) if msg.header_count() > lim.max_headers else ("Via values", lim.max_vias)
-            await self._parse_error(flow, ParseError(f"too many {what} (limit {limit})", 400, msg))
+        problem = _over_limit(msg, lim)
+        if problem is not None:
+            await self._parse_error(flow, ParseError(problem, 400, msg))
             return
         try:
             if isinstance(msg, Request):
@@ -306,7 +307,8 @@ class Server:
 
     async def _parse_error(self, flow: Flow, err: ParseError) -> None:
         msg = err.message
-        log.info("bad message from %s: %s (%d)", flow.id, err.reason, err.status)
+        if self._bad_log_budget.allow():
+            log.info("bad message from %s: %s (%d)", flow.id, err.reason, err.status)
         self._count("parse_errors")
         if isinstance(msg, Request) and msg.method != "ACK":
             try:
@@ -331,7 +333,8 @@ class Server:
             self._count("rate_limited")
             if self.cfg.rate_limit.action == "reject" and method != "ACK":
                 ra = self.limiter.retry_after(flow.remote[0], now)
-                await self.reply(req, flow, 503, "Service Unavailable (rate limit)", [("Retry-After", str(ra))])
+                reason = "Service Unavailable (rate limit: rate_limit.requests_per_second)"
+                await self.reply(req, flow, 503, reason, [("Retry-After", str(ra))])
             return
         if method == "CANCEL":
             await self._on_cancel(req, flow)
@@ -356,7 +359,7 @@ class Server:
         if isinstance(decision, Reply):
             await self.respond(txn, self.core.response(req, decision.status, decision.reason, decision.headers))
         elif isinstance(decision, Register):
-            await self._register(req, flow, txn)
+            await self._register(req, flow, txn, decision.user)
         else:
             assert isinstance(decision, Forward)
             await self.forwarder.start(decision, flow, txn)
@@ -384,8 +387,10 @@ class Server:
         await self.reply(req, flow, 200)
         await self.forwarder.on_cancel(invite_txn)
 
-    async def _register(self, req: Request, flow: Flow, txn: ServerTransaction) -> None:
+    async def _register(self, req: Request, flow: Flow, txn: ServerTransaction, user: str | None) -> None:
         result = self.registrar.handle(req, flow, now=self.clock.wall(), local_uri=self.local_uri(flow))
+        if user is not None and result.flow_token is not None and self.gate is not None:
+            self.gate.remember(flow, user)  # auth.trust_registered_flows, checked against live bindings
         for ev in result.events:
             _log_binding_event(ev, flow, self._reg_log_budget)
         if result.outbound_flow:
@@ -437,6 +442,7 @@ class Server:
             await self.forwarder.handle_timers(now)
             self._reg_log_budget.tick()
             self._flow_log_budget.tick()
+            self._bad_log_budget.tick()
             self.gc_pacer.idle(time.perf_counter())
             expired = self.store.expire(self.clock.wall())
             if expired:
@@ -447,6 +453,20 @@ class Server:
 
     def _count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
+
+
+def _over_limit(msg: Request | Response, lim: Any) -> str | None:
+    """What a message carries beyond the limits section, naming the setting (checked before
+    anything reads the values, so their cost stays bounded)."""
+    if msg.header_count() > lim.max_headers:
+        return f"too many headers (limit {lim.max_headers}, limits.max_headers)"
+    if len(msg.vias) > lim.max_vias:
+        return f"too many Via values (limit {lim.max_vias}, limits.max_vias)"
+    if msg.has_header("route") or msg.has_header("record-route"):
+        n = len(msg.header_values("route")) + len(msg.header_values("record-route"))
+        if n > lim.max_route_values:
+            return f"too many Route/Record-Route values (limit {lim.max_route_values}, limits.max_route_values)"
+    return None
 
 
 def _log_binding_event(ev: Any, flow: Flow, budget: LogBudget) -> None:

@@ -236,6 +236,27 @@ class FlowTokenCodec:
         raw = self._mac(0, body) + body
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
+    def dialog_proof(self, token: str, call_id: str, tag: str) -> str:
+        """A MAC binding a flow token to one dialog: its Call-ID and the caller's From tag
+        (both known when the server record-routes the dialog-creating request). It rides as the
+        ``dlg`` parameter of our Record-Route URI, so a Route carrying it proves the request
+        belongs to a dialog this server record-routed (DESIGN.md, trust model)."""
+        body = b"dialog\x00" + "\x00".join((token, call_id, tag)).encode("utf-8", "surrogateescape")
+        return base64.urlsafe_b64encode(self._mac(0, body)).rstrip(b"=").decode("ascii")
+
+    def verify_dialog_proof(self, proof: str, token: str, call_id: str, tags: Sequence[str]) -> bool:
+        """True when ``proof`` is ``dialog_proof(token, call_id, tag)`` under one of our keys for
+        one of ``tags`` (a request from the caller carries the caller's tag in From, one from
+        the callee in To)."""
+        body0 = b"dialog\x00" + "\x00".join((token, call_id, "")).encode("utf-8", "surrogateescape")
+        for tag in tags:
+            body = body0 + tag.encode("utf-8", "surrogateescape")
+            for index in range(len(self._contexts)):
+                mine = base64.urlsafe_b64encode(self._mac(index, body)).rstrip(b"=").decode("ascii")
+                if _stdlib_hmac.compare_digest(mine, proof):
+                    return True
+        return False
+
     def decode(self, token: str) -> Flow:
         """The Flow a token names, if it verifies under any of our keys (OB-EP-06, OB-EP-07).
 

@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 
 import attrs
@@ -46,8 +47,6 @@ from .targets import Dest, binding_dest, group_targets, is_loop, stable_tag
 __all__ = ["ALLOW", "Forward", "ProxyCore", "ProxySettings", "Register", "Reply"]
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, PUBLISH, INFO, UPDATE, PRACK"
-# Requests inside a dialog that was authorised when it was created (a To tag is present).
-_IN_DIALOG = frozenset({"BYE", "ACK", "CANCEL", "PRACK", "UPDATE", "INFO", "NOTIFY"})
 
 
 @attrs.frozen
@@ -86,6 +85,20 @@ class Forward:
 
 
 Decision = Reply | Register | Forward
+_UNAVAILABLE = Reply(480, "Temporarily Unavailable")
+
+
+class HopKind(enum.Enum):
+    FLOW = "flow"  # down a flow of ours named by a verified token
+    LOOKUP = "lookup"  # a served Request-URI: the location service
+    EXTERNAL = "external"  # a host that is not ours: a relay domain, another server
+
+
+@attrs.frozen
+class Hop:
+    kind: HopKind
+    flow: Flow | None = None
+    uri: SipURI | None = None
 
 
 def _reply(refusal: Refusal) -> Reply:
@@ -154,7 +167,6 @@ class ProxyCore:
         to_uri = req.to.uri
         if not isinstance(to_uri, SipURI) or to_uri.user_unescaped != user:
             return Reply(403, "Forbidden (authenticated user does not match To)")
-        self.gate.remember(arrival, user)
         return Register(user)
 
     def _proxy(self, req: Request, arrival: Flow, now: float, wall: float, local_rr: SipURI) -> Decision:
@@ -166,89 +178,139 @@ class ProxyCore:
             return Reply(420, "Bad Extension", (("Unsupported", ", ".join(unsupported)),))
         if is_loop(req, self.identity):
             return Reply(482, "Loop Detected")
-        strict = restore_strict_route(req, self.identity, self.codec)
-        rr = preprocess_routes(req, arrival, self.identity, self.codec)
-        if strict:
-            rr = attrs.evolve(rr, verified_token=True)
+        rr = self._route(req, arrival)
         if rr.reject is not None:
             return Reply(*rr.reject)
         req.set_header("Max-Forwards", str(mf))
-        refusal = self._authorise(req, arrival, now)
-        if refusal is not None:
+        hop = self._next_hop(req, rr)
+        if isinstance(hop, Reply):
+            return hop
+        refusal = self._authorise(req, arrival, now, hop, rr.in_dialog)
+        if isinstance(refusal, Reply):
             return refusal
-        dests = self.targets(req, rr, wall)
+        dests = self._dests(req, hop, wall, authenticated=refusal)
         if isinstance(dests, Reply):
             return dests
         caller_rr = None
         if self.settings.record_route and is_dialog_creating(req):
             ob = client_wants_outbound(req) or self._flow_registered(arrival)
-            caller_rr = record_route_uri(local_rr, self.token(arrival), ob=ob)
+            caller_rr = self.record_route(req, local_rr, arrival, ob=ob)
         return Forward(req, group_targets(dests), caller_rr)
 
-    def _authorise(self, req: Request, arrival: Flow, now: float) -> Reply | None:
-        """Requests from users of our domains are challenged (407) unless they arrive on a flow
-        an authenticated REGISTER established (auth.trust_registered_flows)."""
-        gate = self.gate
-        if gate is None:
-            return None
-        try:
-            from_uri = req.from_.uri
-        except ParseError:
-            return None
-        if not isinstance(from_uri, SipURI) or not self.identity.is_local_domain(from_uri.host):
-            return None
-        if req.to_tag is not None and req.method in _IN_DIALOG:
-            return None  # in-dialog: the dialog was authorised when it was created
-        user: str | Refusal | None = None
-        if self.settings.trust_registered_flows:
-            user = gate.flow_users.get(arrival)
-        if user is None:
-            user = gate.check(req, arrival.remote[0], now, register=False)
-        if isinstance(user, Refusal):
-            return _reply(user)
-        if from_uri.user_unescaped != user:
-            return Reply(403, "Forbidden (From does not match the authenticated user)")
-        return None
+    def record_route(self, req: Request, local: SipURI, flow: Flow, *, ob: bool) -> str:
+        """Our Record-Route naming ``flow``, bound to this dialog (Call-ID, caller's tag)."""
+        token = self.token(flow)
+        proof = None
+        if token is not None:
+            proof = self.codec.dialog_proof(token, req.call_id, req.from_tag or "")
+        return record_route_uri(local, token, ob=ob, proof=proof)
 
-    # ------------------------------------------------------------------ targets
-    def targets(self, req: Request, rr: RouteResult, wall: float) -> list[Dest] | Reply:
-        """RFC 3261 §16.5 target determination, with RFC 5626 flow tokens first."""
-        if rr.token_flow is not None and rr.token_ob:
-            if not self.flow_alive(rr.token_flow):
-                return Reply(430, "Flow Failed")
-            return [Dest(req.uri_text, [], flow=rr.token_flow)]
+    def _route(self, req: Request, arrival: Flow) -> RouteResult:
+        """RFC 3261 §16.4: strict-route restore, then our Routes popped (tokens checked)."""
+        strict = restore_strict_route(req, arrival, self.identity, self.codec)
+        rr = preprocess_routes(req, arrival, self.identity, self.codec)
+        if strict is not None and rr.reject is None:
+            rr = attrs.evolve(
+                rr, token_flow=rr.token_flow or strict.token_flow, in_dialog=rr.in_dialog or strict.in_dialog
+            )
+        return rr
+
+    # ------------------------------------------------------------------ the relay policy
+    def _next_hop(self, req: Request, rr: RouteResult) -> Hop | Reply:
+        """Where the request would go, before anyone is asked who they are (RFC 3261 §16.5)."""
+        if rr.token_flow is not None:
+            return Hop(HopKind.FLOW, flow=rr.token_flow)
         routes = req.routes
         if routes:
             nxt = routes[0].uri
             if not isinstance(nxt, SipURI):
                 return Reply(416, "Unsupported URI Scheme in Route")
-            return [Dest(req.uri_text, [], uri=nxt)]
+            return self._external(nxt)
         uri = req.uri
         assert isinstance(uri, SipURI)
-        if self.identity.is_served_uri(uri):
-            return self._lookup(uri, wall)
-        if rr.verified_token:
-            # In a dialog we record-routed: the remote target may be anywhere (a NATed address).
-            return [Dest(req.uri_text, [], uri=uri)]
-        if uri.host.lower() in self.settings.relay_domains:
-            return [Dest(req.uri_text, [], uri=uri)]
-        return Reply(403, f"Forbidden (relaying to {uri.host} is not allowed)")
+        if self.identity.is_served_uri(uri) and not uri.has_param("maddr"):
+            return Hop(HopKind.LOOKUP, uri=uri)
+        return self._external(uri)
 
-    def _lookup(self, uri: SipURI, wall: float) -> list[Dest] | Reply:
-        """RFC 3261 §16.5 / RFC 5627 §5.1: the location service, by AoR or by GRUU."""
+    def _external(self, uri: SipURI) -> Hop | Reply:
+        """Trust model: a host that is not ours is reached only when it is a served domain or a
+        relay domain, checked on the address actually used (``maddr`` before the host)."""
+        used = (uri.param("maddr") or uri.host).lower().strip("[]")
+        if used in self.settings.relay_domains or self.identity.is_local_domain(used):
+            return Hop(HopKind.EXTERNAL, uri=uri)
+        return Reply(403, f"Forbidden (relaying to {used} is not allowed)")
+
+    def _authorise(self, req: Request, arrival: Flow, now: float, hop: Hop, in_dialog: bool) -> bool | Reply:
+        """Who may send this there (DESIGN.md, trust model). Returns whether the sender is
+        authenticated, or the answer (407 challenge, 403).
+        - Inside a dialog this server record-routed (a verified ``dlg`` proof): no challenge.
+        - Towards a local user (lookup, or a flow token of ours): a sender claiming one of our
+          users in From must prove it; anyone else may call our users.
+        - Anywhere else (relay domain, another server): only an authenticated sender."""
+        gate = self.gate
+        if gate is None:
+            return True  # authentication is off (logged at start-up): nobody can be asked
+        if in_dialog and hop.kind is HopKind.FLOW:
+            return False
+        try:
+            from_uri = req.from_.uri
+        except ParseError:
+            return Reply(400, "Bad Request (unusable From)")
+        local_from = isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri.host)
+        if hop.kind is not HopKind.EXTERNAL and not local_from:
+            return False
+        user: str | Refusal | None = self._trusted_user(arrival) if self.settings.trust_registered_flows else None
+        if user is None:
+            user = gate.check(req, arrival.remote[0], now, register=False)
+        if isinstance(user, Refusal):
+            return _reply(user)
+        if local_from and isinstance(from_uri, SipURI) and from_uri.user_unescaped != user:
+            return Reply(403, "Forbidden (From does not match the authenticated user)")
+        return True
+
+    def _trusted_user(self, flow: Flow) -> str | None:
+        """auth.trust_registered_flows: the user whose authenticated REGISTER bound a binding
+        that is still alive on this very flow."""
+        assert self.gate is not None
+        user = self.gate.flow_users.get(flow)
+        token = self.token(flow) if user is not None else None
+        if token is None:
+            return None
+        for b in self.store.flow_bindings(token):
+            if b.aor.rpartition("@")[0] == user:  # an AoR is ``user@host``, user unescaped
+                return user
+        return None
+
+    # ------------------------------------------------------------------ targets
+    def _dests(self, req: Request, hop: Hop, wall: float, *, authenticated: bool) -> list[Dest] | Reply:
+        """RFC 3261 §16.5 target determination, with RFC 5626 flow tokens first."""
+        if hop.kind is HopKind.FLOW:
+            assert hop.flow is not None
+            if not self.flow_alive(hop.flow):
+                return Reply(430, "Flow Failed")
+            return [Dest(req.uri_text, [], flow=hop.flow)]
+        assert hop.uri is not None
+        if hop.kind is HopKind.EXTERNAL:
+            return [Dest(req.uri_text, [], uri=hop.uri)]
+        return self._lookup(hop.uri, wall, authenticated)
+
+    def _lookup(self, uri: SipURI, wall: float, authenticated: bool) -> list[Dest] | Reply:
+        """RFC 3261 §16.5 / RFC 5627 §5.1: the location service, by AoR or by GRUU. An
+        unauthenticated sender gets the same 480 for an unknown user as for an unregistered
+        one (no user enumeration)."""
         store = self.store
         if uri.has_param("gr"):
             match = store.find_gruu(uri, wall)
             if match is None:
-                return Reply(404, "Not Found (unknown GRUU)")
+                return Reply(404, "Not Found (unknown GRUU)") if authenticated else _UNAVAILABLE
             bindings = store.lookup_instance(match.aor, match.instance_id, wall)
         else:
             bindings = store.lookup(uri.aor, wall)
-            if not bindings and self.gate is not None:
+            if not bindings and self.gate is not None and authenticated:
                 if not self.gate.credentials.has_user(uri.user_unescaped or ""):
                     return Reply(404, "Not Found")
         if not bindings:
-            return Reply(480, "Temporarily Unavailable")
+            return _UNAVAILABLE
         return [binding_dest(b, self.identity, self.codec) for b in bindings]
 
     def _foreign_route(self, req: Request) -> bool:
@@ -266,24 +328,32 @@ class ProxyCore:
 
     # ------------------------------------------------------------------ without a transaction
     def route_stateless(self, req: Request, arrival: Flow, wall: float) -> Dest | None:
-        """ACK for a 2xx (RFC 3261 §16.11): where it goes, or None to drop it. The request is
+        """ACK for a 2xx (RFC 3261 §16.11): where it goes, or None to drop it. It cannot be
+        challenged, so it goes only down a flow of ours inside a dialog this server
+        record-routed, or to a local user's bindings; never to another host. The request is
         edited in place (Route pre-processing, Max-Forwards)."""
         mf = check_max_forwards(req)
         if mf is None:
             return None
-        rr = preprocess_routes(req, arrival, self.identity, self.codec)
+        rr = self._route(req, arrival)
         if rr.reject is not None:
             return None
         req.set_header("Max-Forwards", str(mf))
-        dests = self.targets(req, rr, wall)
+        hop = self._next_hop(req, rr)
+        if isinstance(hop, Reply) or hop.kind is HopKind.EXTERNAL:
+            return None
+        if hop.kind is HopKind.FLOW and not rr.in_dialog:
+            return None
+        dests = self._dests(req, hop, wall, authenticated=False)
         if isinstance(dests, Reply) or not dests:
             return None
         return dests[0]
 
-    def route_late_2xx(self, resp: Response) -> tuple[Response, Flow | tuple[str, int]] | None:
+    def route_late_2xx(self, resp: Response) -> tuple[Response, Flow] | None:
         """RFC 3261 §16.7 step 5 / PX-15: a 2xx to INVITE with no client transaction left is
-        still forwarded upstream: our Via removed, down the caller's flow named by its
-        Record-Route token, else to the next Via's received/rport address. None: drop it."""
+        still forwarded upstream, our Via removed, down the caller's flow named by a Record-Route
+        token of ours (whose flow matches the next Via). Nothing else is sent anywhere: a
+        response made up to look like ours must not turn the server into a reflector."""
         vias = resp.vias
         if len(vias) < 2 or vias[0].host.lower() not in self.identity.hosts:
             return None
@@ -299,4 +369,4 @@ class ProxyCore:
                     continue
                 if self.flow_alive(f) and f.remote[0] in (nxt.received or nxt.host, nxt.host):
                     return out, f
-        return out, (nxt.received or nxt.host, nxt.rport or nxt.port or 5060)
+        return None

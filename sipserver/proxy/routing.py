@@ -66,17 +66,38 @@ class RouteResult:
     """Outcome of Route pre-processing (RFC 3261 §16.4, RFC 5626 §5.3.1)."""
 
     # the flow named by the last token of ours whose flow differs from the arrival flow:
-    # the request goes down that flow (an "incoming" request in RFC 5626 §5.3.1 terms)
+    # the request goes down that flow (an "incoming" request in RFC 5626 §5.3.1 terms); a token
+    # authorises sending down its own flow and nothing else (DESIGN.md, trust model)
     token_flow: Flow | None = None
-    # whether that token URI carried ;ob (or is connection-bound) so the flow must be used
-    token_ob: bool = False
     # a status to answer with at once (403 forged token), with a reason
     reject: tuple[int, str] | None = None
     popped: int = 0
-    # a Route of ours with a verified flow token was consumed: the request belongs to a dialog
-    # this server record-routed, so its remote target may be any address (no open relay: a
-    # token cannot be forged)
-    verified_token: bool = False
+    # a Route of ours carried a dialog proof (``dlg``) that verifies for this request's Call-ID
+    # and tags: the request is inside a dialog this server record-routed
+    in_dialog: bool = False
+
+
+def _dialog_tags(req: Request) -> list[str]:
+    return [t for t in (req.from_tag, req.to_tag) if t]
+
+
+def _take_token(
+    uri: SipURI, req: Request, arrival: Flow, codec: FlowTokenCodec, found: list[object]
+) -> tuple[int, str] | None:
+    """Check one URI of ours that carries a token; note its flow and dialog proof in ``found``
+    ([token_flow, in_dialog]). Returns a rejection for a forged token."""
+    token = uri.user
+    assert token
+    try:
+        flow = codec.decode(token)
+    except InvalidToken:
+        return (403, "Forbidden (invalid flow token in Route)")
+    if flow != arrival:
+        found[0] = flow
+    proof = uri.param("dlg")
+    if proof and req.to_tag and codec.verify_dialog_proof(proof, token, req.call_id, _dialog_tags(req)):
+        found[1] = True
+    return None
 
 
 def preprocess_routes(
@@ -87,53 +108,54 @@ def preprocess_routes(
     RFC 3261 §16.4: a top Route naming this proxy is removed. RFC 5626 §5.3.1: a token whose flow
     is the arrival flow marks an outgoing request (from the UA): keep going; a token naming another
     flow marks an incoming request: that flow is the destination. Two Record-Route entries of ours
-    (one per leg, OB-CS-06) are both consumed here, in either direction of the dialog."""
-    token_flow: Flow | None = None
-    token_ob = False
-    popped = 0
-    verified = False
-    while True:
-        routes = req.routes
-        if not routes:
-            break
-        top = routes[0]
+    (one per leg, OB-CS-06) are both consumed here, in either direction of the dialog.
+    Linear in the Route header's size: the values are parsed once and removed in one edit."""
+    routes = req.routes
+    found: list[object] = [None, False]
+    n = 0
+    for top in routes:
         uri = top.uri
         if not isinstance(uri, SipURI) or not identity.is_ours(uri):
             break
         if uri.user:
-            try:
-                flow = codec.decode(uri.user)
-            except InvalidToken:
-                return RouteResult(reject=(403, "Forbidden (invalid flow token in Route)"))
-            verified = True
-            if flow != arrival:
-                token_flow = flow
-                token_ob = uri.has_param("ob") or flow.transport.reliable
-        req.pop_first_value("route")
-        popped += 1
-    return RouteResult(token_flow=token_flow, token_ob=token_ob, popped=popped, verified_token=verified)
+            reject = _take_token(uri, req, arrival, codec, found)
+            if reject is not None:
+                return RouteResult(reject=reject)
+        n += 1
+    if n:
+        rest = req.header_values("route")[n:]
+        req.remove_header("route")
+        if rest:
+            req.add_header("Route", ", ".join(rest))
+    token_flow = found[0]
+    assert token_flow is None or isinstance(token_flow, Flow)
+    return RouteResult(token_flow=token_flow, popped=n, in_dialog=bool(found[1]))
 
 
-def restore_strict_route(req: Request, identity: LocalIdentity, codec: FlowTokenCodec) -> bool:
+def restore_strict_route(
+    req: Request, arrival: Flow, identity: LocalIdentity, codec: FlowTokenCodec
+) -> RouteResult | None:
     """RFC 3261 §16.4: a Request-URI that is ours (one of our Record-Route URIs, recognised by
     its verified flow token) with a Route set present means the previous hop was a strict router:
-    the real Request-URI is the last Route value. Returns True when it restored one."""
+    the real Request-URI is the last Route value. Returns what the Request-URI's token proves
+    when it restored one (None: nothing restored)."""
     uri = req.uri
     if not isinstance(uri, SipURI) or not uri.user or not identity.is_ours(uri):
-        return False
+        return None
     values = req.header_values("route")
     if not values:
-        return False
-    try:
-        codec.decode(uri.user)
-    except InvalidToken:
-        return False
+        return None
+    found: list[object] = [None, False]
+    if _take_token(uri, req, arrival, codec, found) is not None:
+        return None  # not one of ours after all: the request is handled as it stands
     last = NameAddr.parse(values[-1], "Route")
     req.remove_header("route")
-    for value in values[:-1]:
-        req.add_header("Route", value)
+    if len(values) > 1:
+        req.add_header("Route", ", ".join(values[:-1]))
     req.uri = last.sip_uri
-    return True
+    token_flow = found[0]
+    assert token_flow is None or isinstance(token_flow, Flow)
+    return RouteResult(token_flow=token_flow, in_dialog=bool(found[1]))
 
 
 def unsupported_proxy_require(req: Request) -> list[str]:
@@ -166,14 +188,15 @@ def client_wants_outbound(req: Request) -> bool:
     return False
 
 
-def record_route_uri(
-    local: SipURI, token: str | None, *, ob: bool
-) -> str:
-    """Our Record-Route value: ``<sip:TOKEN@host:port;transport=x;lr[;ob]>`` (RFC 5626 §5.3)."""
+def record_route_uri(local: SipURI, token: str | None, *, ob: bool, proof: str | None = None) -> str:
+    """Our Record-Route value: ``<sip:TOKEN@host:port;transport=x;lr[;ob][;dlg=PROOF]>``
+    (RFC 5626 §5.3; ``dlg`` binds the token to the dialog, ``FlowTokenCodec.dialog_proof``)."""
     uri = local.replace(user=token)
     uri = uri.with_param("lr")
     if ob:
         uri = uri.with_param("ob")
+    if proof:
+        uri = uri.with_param("dlg", proof)
     return f"<{uri}>"
 
 

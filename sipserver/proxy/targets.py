@@ -25,7 +25,7 @@ from ..sip.build import MAGIC_COOKIE
 from ..sip.randomness import random_hex
 from ..sip.uri import SipURI, parse_uri
 from .context import Candidate, Target
-from .routing import LocalIdentity, record_route_uri, transport_for_uri
+from .routing import LocalIdentity, transport_for_uri
 
 __all__ = [
     "Dest",
@@ -121,21 +121,15 @@ def build_branch_request(
     if dest.request_uri != req.uri_text:
         req.uri = parse_uri(dest.request_uri)
     if dest.route_set:
-        existing = req.header_values("route")
+        values = [*dest.route_set, *req.header_values("route")]
         req.remove_header("route")
-        for value in [*dest.route_set, *existing]:
-            req.add_header("Route", value)
+        req.add_header("Route", ", ".join(values))
     if record_route is not None:
         caller_rr, callee_rr = record_route
         req.add_header("Record-Route", caller_rr, top=True)
         req.add_header("Record-Route", callee_rr, top=True)
     req.add_header("Via", via, top=True)
     return req
-
-
-def callee_record_route(local: SipURI, token: str | None, dest: Dest) -> str:
-    """OB-CS-06: the Record-Route for the callee's leg names the flow the branch goes down."""
-    return record_route_uri(local, token, ob=dest.ob)
 
 
 def stable_tag(req: Request) -> str:
