@@ -11,7 +11,7 @@ import attrs
 from .auth.credentials import CredentialStore
 from .auth.digest import DigestAuthenticator
 from .auth.gate import AuthGate
-from .auth.limits import FailureBan
+from .auth.limits import FailureBan, TokenBucketLimiter
 from .config import Config
 from .outbound.flowtoken import FlowTokenCodec
 from .outbound.keyfile import load_or_create_key, parse_secret
@@ -66,3 +66,8 @@ def registrar_settings(cfg: Config) -> RegistrarSettings:
         gruu=r.gruu, require_instance=r.require_instance,
     )
 
+
+
+def rate_limiter(cfg: Config) -> TokenBucketLimiter | None:
+    rl = cfg.rate_limit
+    return TokenBucketLimiter(rl.requests_per_second, rl.burst) if rl.enabled else None

@@ -27,7 +27,6 @@ import trio
 
 from . import parts
 from .auth.credentials import CredentialStore
-from .auth.limits import TokenBucketLimiter
 from .clock import Clock
 from .commit import GroupCommit
 from .config import Config
@@ -106,8 +105,7 @@ class Server:
             self.identity, self.codec, self.store, self.gate, self.flows.is_alive,
         )
         self.forwarder = Forwarder(self)
-        rl = cfg.rate_limit
-        self.limiter = TokenBucketLimiter(rl.requests_per_second, rl.burst) if rl.enabled else None
+        self.limiter = parts.rate_limiter(cfg)
         self.shedder = Shedder(cfg.limits.overload_queue_delay)
         self.listeners: list[BoundListener] = []
         self.addresses = LocalAddresses(self.identity, cfg.server.advertise)

@@ -17,7 +17,9 @@ from collections.abc import Hashable
 
 import attrs
 
+from ..sip.errors import ParseError
 from ..sip.message import Request
+from ..sip.uri import parse_uri
 from .credentials import CredentialStore
 from .digest import DigestAuthenticator, parse_credentials
 from .limits import FailureBan
@@ -60,6 +62,13 @@ class AuthGate:
             creds = parse_credentials(value)
             if creds is None or creds.realm != self.realm:
                 continue
+            if not _same_uri(creds.uri, req):
+                # RFC 2617 §3.2.2.5 (RFC 3261 §22.4): the digest was computed for another request
+                self._count("auth_failures")
+                log.info("authentication failed from %s for %r: digest uri %r is not the Request-URI",
+                         source_ip, creds.username, creds.uri[:80])
+                self.ban.record_failure(source_ip, now)
+                continue
             result = self.authenticator.verify(creds, req.method, self.credentials.lookup, now)
             if result.ok:
                 self.ban.record_success(source_ip, now)
@@ -83,3 +92,14 @@ class AuthGate:
 
     def _count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
+
+
+def _same_uri(digest_uri: str, req: Request) -> bool:
+    """The digest ``uri`` names this request's Request-URI: the same text, or the same URI by
+    RFC 3261 §19.1.4 comparison (a client may re-escape or reorder parameters)."""
+    if digest_uri == req.uri_text:
+        return True
+    try:
+        return parse_uri(digest_uri) == req.uri
+    except ParseError:
+        return False

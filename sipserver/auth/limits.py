@@ -118,6 +118,8 @@ class FailureBan:
     Stops online password guessing (RFC 3261 §26.3.2.4 warns about dictionary attacks on
     digest). A ban lasts ``ban_time`` seconds; a success resets the failure count but does not
     lift a ban in force (the banned source is not supposed to reach authentication at all).
+    ``max_failures = 0`` or ``ban_time = 0`` turns banning off (config: auth.max_failures,
+    auth.ban_time), so every value the configuration accepts also runs.
     """
 
     max_failures: int
@@ -127,15 +129,22 @@ class FailureBan:
     _sources: LruTable[str, _Failures] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if self.max_failures < 1:
-            raise ValueError("max_failures must be at least 1")
+        if self.max_failures < 0:
+            raise ValueError("max_failures must be at least 0 (0: no banning)")
         _positive("window", self.window)
-        _positive("ban_time", self.ban_time)
+        if not (math.isfinite(self.ban_time) and self.ban_time >= 0):
+            raise ValueError(f"ban_time must be a finite number >= 0 (0: no banning), not {self.ban_time!r}")
         if self.max_sources < 1:
             raise ValueError("max_sources must be at least 1")
         self._sources = LruTable(self.max_sources)
 
+    @property
+    def enabled(self) -> bool:
+        return self.max_failures > 0 and self.ban_time > 0
+
     def record_failure(self, ip: str, now: float) -> None:
+        if not self.enabled:
+            return
         entry = self._sources.get(ip)
         if entry is None:
             entry = _Failures(collections.deque(maxlen=self.max_failures))

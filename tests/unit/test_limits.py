@@ -155,9 +155,19 @@ def test_ban_memory_bounded() -> None:
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(max_failures=0, window=1, ban_time=1), dict(max_failures=1, window=0, ban_time=1),
+    "kw", [dict(max_failures=-1, window=1, ban_time=1), dict(max_failures=1, window=0, ban_time=1),
            dict(max_failures=1, window=1, ban_time=-1)]
 )
 def test_ban_refuses_bad_settings(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         FailureBan(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kw", [dict(max_failures=0, window=1, ban_time=1), dict(max_failures=1, window=1, ban_time=0)])
+def test_zero_failures_or_zero_ban_time_turns_banning_off(kw: dict[str, float]) -> None:
+    """Issue 16: auth.max_failures = 0 and auth.ban_time = 0 are accepted by the config as "no
+    banning"; the runtime must run with them, and never ban."""
+    ban = FailureBan(**kw)  # type: ignore[arg-type]
+    for _ in range(100):
+        ban.record_failure("192.0.2.1", T0)
+    assert not ban.is_banned("192.0.2.1", T0) and ban.ban_remaining("192.0.2.1", T0) == 0
