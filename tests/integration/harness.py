@@ -1,7 +1,13 @@
 """Test harness: the real server in-process on loopback, and raw-socket SIP user agents.
 
 The UAs here are deliberately dumb: they send the exact bytes a test writes and hand back what
-arrived, parsed, so tests assert on the wire."""
+arrived, parsed, so tests assert on the wire.
+
+A test that waits for the server's timers (expiry, timer C, "nothing arrives within 0.3 s")
+takes the ``autojump`` fixture: trio runs it on a ``MockClock``, and the server, which reads
+time only through ``sipserver.clock.Clock`` (trio's clock), skips through those waits instead
+of sleeping them. Tests that measure real time (a subprocess, a child process, kernel receive
+timestamps) stay on the real clock."""
 
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio_websocket
+from trio.testing import MockClock
 
 from sipserver.config import config_from_dict
 from sipserver.runtime import Server
@@ -22,6 +30,24 @@ from sipserver.sip import Request, Response, parse_message
 from sipserver.sip.framer import FramedMessage, KeepalivePing, KeepalivePong, StreamFramer
 
 DEFAULT_LISTEN = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0", "ws:127.0.0.1:0"]
+
+# Real seconds every task must have been blocked before the MockClock jumps to the next
+# deadline. Not 0 (pytest-trio's ``autojump_clock``): blocked includes waiting for the kernel to
+# hand over loopback bytes, and a jump taken then would fire timers the exchange never waits
+# for on the real clock (a UDP retransmission at 0.5 s, a ``fail_after`` in ``recv``). Loopback
+# bytes sent in-process are queued before ``send`` returns, so only the kernel deferring that
+# work (ksoftirqd under load) or the scheduler can delay them; 50 ms is far above that, and each
+# jump costs only this much wall time.
+AUTOJUMP_THRESHOLD = 0.05
+
+
+@pytest.fixture(name="autojump")
+def autojump_fixture() -> MockClock:
+    """``autojump``: a ``MockClock`` for the test (pytest-trio runs a test on any Clock fixture
+    it takes as a parameter): virtual time jumps to the next deadline once the run loop has been
+    idle for ``AUTOJUMP_THRESHOLD`` real seconds. A module imports ``autojump_fixture`` to make
+    it visible; a test takes ``autojump: MockClock``."""
+    return MockClock(autojump_threshold=AUTOJUMP_THRESHOLD)
 
 
 @asynccontextmanager

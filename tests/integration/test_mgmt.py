@@ -24,7 +24,17 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import trio
-from harness import TcpUA, UdpUA, addr, register, request, response_to, running_server
+from harness import (
+    TcpUA,
+    UdpUA,
+    addr,
+    autojump_fixture,  # noqa: F401  (the autojump fixture: a MockClock)
+    register,
+    request,
+    response_to,
+    running_server,
+)
+from trio.testing import MockClock
 
 from sipserver import __version__, cli
 
@@ -381,7 +391,7 @@ async def test_trace_by_source_and_by_aor(tmp_path: Path, caplog: pytest.LogCapt
 
 # ------------------------------------------------------------------------------ metrics
 
-async def test_metrics_follow_the_traffic(tmp_path: Path) -> None:
+async def test_metrics_follow_the_traffic(tmp_path: Path, autojump: MockClock) -> None:
     async with running_server(tmp_path, mgmt=MGMT) as server:
         before = await scrape(server)
         assert metric(before, "sipserver_info", version=__version__) == 1
@@ -424,7 +434,7 @@ async def test_metrics_follow_the_traffic(tmp_path: Path) -> None:
         assert metric(await scrape(server), "sipserver_event_loop_lag_seconds_count") >= 1
 
 
-async def test_flow_failure_metrics_peer_close_and_430(tmp_path: Path) -> None:
+async def test_flow_failure_metrics_peer_close_and_430(tmp_path: Path, autojump: MockClock) -> None:
     """RFC 5626 §5.3.1 / §7: a registered flow that dies and a 430 from downstream are counted as
     flow failures; the 430 also as a failover to the instance's next flow."""
     async with running_server(tmp_path, mgmt=MGMT) as server:

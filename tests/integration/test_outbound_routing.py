@@ -8,7 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from harness import TcpUA, UdpUA, WsUA, addr, register, request, response_to, running_server
+from harness import (
+    TcpUA,
+    UdpUA,
+    WsUA,
+    addr,
+    autojump_fixture,  # noqa: F401  (the autojump fixture: a MockClock)
+    register,
+    request,
+    response_to,
+    running_server,
+)
+from trio.testing import MockClock
 
 from sipserver.sip import Request, SipURI
 
@@ -48,7 +59,9 @@ async def test_invite_reaches_phone_only_through_its_flow(tmp_path: Path) -> Non
         assert isinstance(second.uri, SipURI) and server.codec.decode(second.uri.user).remote == alice.local
 
 
-async def test_two_flows_of_one_instance_flow1_then_failover_on_close(tmp_path: Path) -> None:
+async def test_two_flows_of_one_instance_flow1_then_failover_on_close(
+    tmp_path: Path, autojump: MockClock
+) -> None:
     """OB-AP-01/04: reg-id 1 and 2 -> INVITE on flow 1 only; OB-AP-02/OB-REG-16: flow 1 closed ->
     the next INVITE goes to flow 2 and flow 1's binding is gone."""
     async with running_server(tmp_path) as server:
@@ -65,7 +78,7 @@ async def test_two_flows_of_one_instance_flow1_then_failover_on_close(tmp_path: 
         assert (await alice.recv_response()).status == 200
         await f1.close()
         await trio.sleep(0.2)
-        assert [b.reg_id for b in server.store.lookup("bob@example.com", 1e12 * 0 + __import__("time").time())] == [2]
+        assert [b.reg_id for b in server.store.lookup("bob@example.com", server.clock.wall())] == [2]
         await alice.send(request(alice, "MESSAGE", "sip:bob@example.com", body="again"))
         msg2 = await f2.recv_request()
         await answer(f2, msg2, 200)
@@ -93,9 +106,7 @@ async def test_430_fails_over_to_next_flow_and_removes_binding(tmp_path: Path) -
         await answer(f2, inv2, 486)
         final = await alice.recv_response()
         assert final.status == 486
-        import time
-
-        assert [b.reg_id for b in server.store.lookup("bob@example.com", time.time())] == [2]
+        assert [b.reg_id for b in server.store.lookup("bob@example.com", server.clock.wall())] == [2]
 
 
 async def test_all_flows_dead_gives_480_not_430(tmp_path: Path) -> None:
@@ -111,7 +122,7 @@ async def test_all_flows_dead_gives_480_not_430(tmp_path: Path) -> None:
         assert final.status == 480
 
 
-async def test_486_on_flow1_does_not_try_flow2(tmp_path: Path) -> None:
+async def test_486_on_flow1_does_not_try_flow2(tmp_path: Path, autojump: MockClock) -> None:
     """OB-AP-03: a real answer ends the instance's branch."""
     async with running_server(tmp_path) as server:
         f1 = await TcpUA.open(addr(server, "tcp"))
@@ -147,7 +158,7 @@ async def test_two_instances_ring_in_parallel(tmp_path: Path) -> None:
         assert cancel.method == "CANCEL"
 
 
-async def test_tampered_token_in_route_is_403(tmp_path: Path) -> None:
+async def test_tampered_token_in_route_is_403(tmp_path: Path, autojump: MockClock) -> None:
     """OB-EP-07: a forged flow token is refused and nothing is sent on any flow."""
     async with running_server(tmp_path) as server:
         bob = await TcpUA.open(addr(server, "tcp"))

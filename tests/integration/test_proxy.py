@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import TcpUA, UdpUA, addr, register, request, response_to, running_server
+from harness import (
+    TcpUA,
+    UdpUA,
+    addr,
+    autojump_fixture,  # noqa: F401  (the autojump fixture: a MockClock)
+    register,
+    request,
+    response_to,
+    running_server,
+)
+from trio.testing import MockClock
 
 
 async def reg(ua, user: str, **kw) -> None:  # type: ignore[no-untyped-def]
@@ -62,7 +72,7 @@ async def test_basic_call_tcp(tmp_path: Path) -> None:
         assert (await alice.recv_response()).status == 200
 
 
-async def test_parallel_fork_answer_and_cancel(tmp_path: Path) -> None:
+async def test_parallel_fork_answer_and_cancel(tmp_path: Path, autojump: MockClock) -> None:
     """Two contacts of equal q ring in parallel; one answers, the other is cancelled and its 487
     is absorbed."""
     async with running_server(tmp_path) as server:
@@ -85,7 +95,7 @@ async def test_parallel_fork_answer_and_cancel(tmp_path: Path) -> None:
         await alice.expect_nothing(0.3)
 
 
-async def test_serial_fork_by_q(tmp_path: Path) -> None:
+async def test_serial_fork_by_q(tmp_path: Path, autojump: MockClock) -> None:
     async with running_server(tmp_path) as server:
         hi = await UdpUA.open(addr(server, "udp"))
         lo = await UdpUA.open(addr(server, "udp"))
@@ -256,7 +266,7 @@ async def test_subscribe_notify_publish_message_routed(tmp_path: Path) -> None:
             assert (await final_for(alice, method)).status == 200
 
 
-async def test_timer_c_gives_408_when_callee_never_answers(tmp_path: Path) -> None:
+async def test_timer_c_gives_408_when_callee_never_answers(tmp_path: Path, autojump: MockClock) -> None:
     """PX-08 (RFC 3261 §16.6 step 11 / §16.8): timer C expiring on a branch with no provisional
     ends it as 408; with a provisional it is CANCELled."""
     async with running_server(tmp_path, proxy={"timer_c": 1.0}) as server:

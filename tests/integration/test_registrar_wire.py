@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import trio
-from harness import TcpUA, UdpUA, WsUA, addr, branch, register, request, response_to, running_server
+from harness import (
+    TcpUA,
+    UdpUA,
+    WsUA,
+    addr,
+    autojump_fixture,  # noqa: F401  (the autojump fixture: a MockClock)
+    branch,
+    register,
+    request,
+    response_to,
+    running_server,
+)
+from trio.testing import MockClock
 
 INST = "urn:uuid:00000000-0000-1000-8000-00000000c0de"
 INST2 = "urn:uuid:00000000-0000-1000-8000-00000000beef"
@@ -29,7 +40,7 @@ async def test_two_flows_reg_id_1_and_2_listed_with_instance_echoed(tmp_path: Pa
         assert "outbound" in resp.require
 
 
-async def test_reregister_over_new_connection_replaces(tmp_path: Path) -> None:
+async def test_reregister_over_new_connection_replaces(tmp_path: Path, autojump: MockClock) -> None:
     """OB-REG-07: same instance + reg-id from a new connection (and Call-ID) replaces the binding;
     the old connection's death then removes nothing."""
     async with running_server(tmp_path) as server:
@@ -42,11 +53,13 @@ async def test_reregister_over_new_connection_replaces(tmp_path: Path) -> None:
         assert len(resp.contacts) == 1
         await old.close()
         await trio.sleep(0.2)
-        bindings = server.store.lookup("fred@example.com", time.time())
+        bindings = server.store.lookup("fred@example.com", server.clock.wall())
         assert len(bindings) == 1 and bindings[0].source.endswith(str(new.local[1]))
 
 
-async def test_connection_drop_removes_exactly_that_flows_bindings(tmp_path: Path) -> None:
+async def test_connection_drop_removes_exactly_that_flows_bindings(
+    tmp_path: Path, autojump: MockClock
+) -> None:
     """OB-REG-16 / OB-CS-09, WS-09: a closed TCP connection and a closed WebSocket each remove
     their own bindings only; a later fetch does not list them."""
     async with running_server(tmp_path) as server:
@@ -75,7 +88,7 @@ async def test_439_first_hop_lacks_outbound(tmp_path: Path) -> None:
         await ua.send(text)
         resp = await ua.recv_response()
         assert resp.status == 439
-        assert server.store.lookup("hank@example.com", time.time()) == []
+        assert server.store.lookup("hank@example.com", server.clock.wall()) == []
 
 
 async def test_path_stored_echoed_and_used(tmp_path: Path) -> None:
@@ -114,7 +127,7 @@ async def test_423_min_expires_and_star_removal_and_cseq_order(tmp_path: Path) -
         assert r.status == 200 and not r.contacts
 
 
-async def test_gruu_assigned_and_routes_to_one_instance(tmp_path: Path) -> None:
+async def test_gruu_assigned_and_routes_to_one_instance(tmp_path: Path, autojump: MockClock) -> None:
     """GRUU-01/02/04: pub-gruu and temp-gruu in the 200; a request to the pub-gruu reaches only
     that instance."""
     async with running_server(tmp_path) as server:
@@ -140,7 +153,7 @@ async def test_gruu_assigned_and_routes_to_one_instance(tmp_path: Path) -> None:
         assert m2.body == b"temp"
 
 
-async def test_register_query_and_expiry_timer(tmp_path: Path) -> None:
+async def test_register_query_and_expiry_timer(tmp_path: Path, autojump: MockClock) -> None:
     """REG3261-09: no Contact = query; bindings expire on time (a timer, not only lazily)."""
     async with running_server(tmp_path, registrar={"min_expires": 1}) as server:
         ua = await UdpUA.open(addr(server, "udp"))
