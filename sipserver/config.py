@@ -687,8 +687,14 @@ class RegistrarConfig:
         120,
         _Int(30),
         "Seconds sent in Flow-Timer on a 2xx to an outbound REGISTER: the UA keeps the flow "
-        "alive at least this often (RFC 5626 §4.4.1, §6). At least 30; cloud NATs and load "
-        "balancers drop idle TCP after about two minutes.",
+        "alive at least this often (RFC 5626 §4.4.1, §6) on TCP, TLS, WS and WSS. At least 30; "
+        "cloud NATs and load balancers drop idle TCP after about two minutes.",
+    )
+    flow_timer_udp: int = _opt(
+        25,
+        _Int(10),
+        "Flow-Timer sent to outbound phones registering over UDP: consumer NATs forget an idle "
+        "UDP mapping after about 30 s, so the phone's STUN keepalives must come more often.",
     )
     outbound_without_first_hop: bool = _opt(
         False,
@@ -977,6 +983,29 @@ class UserEntry:
     )
 
 
+@attrs.frozen
+class NatConfig:
+    """[nat]: phones behind NAT that do not do SIP Outbound (docs/nat.md)."""
+
+    keepalive: bool = _opt(
+        True,
+        _Bool(),
+        "Send an OPTIONS down the flow of every UDP binding made without outbound, so the "
+        "phone's NAT keeps its mapping open and a dead phone is noticed.",
+    )
+    keepalive_interval: float = _opt(
+        25.0,
+        _Float(1.0),
+        "Seconds between keepalive OPTIONS to one phone; consumer NATs forget idle UDP "
+        "mappings after about 30 s. Pings are spread evenly over the interval.",
+    )
+    keepalive_failures: int = _opt(
+        3,
+        _Int(1),
+        "Unanswered keepalives in a row after which the flow is dead: its bindings are removed.",
+    )
+
+
 _SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("server", ServerConfig),
     ("tls", TlsConfig),
@@ -989,6 +1018,7 @@ _SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("store", StoreConfig),
     ("outbound", OutboundConfig),
     ("mgmt", MgmtConfig),
+    ("nat", NatConfig),
 )
 
 
@@ -1007,6 +1037,7 @@ class Config:
     store: StoreConfig = attrs.field(factory=StoreConfig)
     outbound: OutboundConfig = attrs.field(factory=OutboundConfig)
     mgmt: MgmtConfig = attrs.field(factory=MgmtConfig)
+    nat: NatConfig = attrs.field(factory=NatConfig)
     # Mapping values are not hashable; users take no part in hashing.
     users: Mapping[str, UserEntry] = attrs.field(factory=dict, hash=False)
 
@@ -1213,6 +1244,7 @@ _SECTION_INTRO = {
     "store": "Where registrations (bindings) are kept.",
     "outbound": "Flow-token keys (RFC 5626 §5.2).",
     "mgmt": "HTTP management API.",
+    "nat": "Phones behind NAT that do not do SIP Outbound: server-sent keepalives (docs/nat.md).",
     "users": (
         "One `[users.NAME]` table per user, with `password` or precomputed HA1 values "
         "(at least one). HA1 values are computed with the realm the server uses "

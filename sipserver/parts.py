@@ -62,7 +62,7 @@ def registrar_settings(cfg: Config) -> RegistrarSettings:
     r = cfg.registrar
     return RegistrarSettings(
         min_expires=r.min_expires, max_expires=r.max_expires, default_expires=r.default_expires,
-        flow_timer=r.flow_timer, outbound_without_first_hop=r.outbound_without_first_hop,
+        flow_timer=r.flow_timer, flow_timer_udp=r.flow_timer_udp, outbound_without_first_hop=r.outbound_without_first_hop,
         gruu=r.gruu, require_instance=r.require_instance,
     )
 

@@ -35,7 +35,9 @@ from .gcpace import GcPacer
 from .mgmt.logbudget import LogBudget
 from .mgmt.metrics import Metrics
 from .mgmt.trace import Tracer
+from .natkeeper import NatKeeper
 from .outbound.flow import CloseCause, Flow, Transport
+from .outbound.natping import BRANCH_PREFIX, NatKeepalive
 from .overload import Shedder
 from .proxy.procedure import Forward, ProxyCore, ProxySettings, Register, Reply
 from .proxy.routing import KNOWN_METHODS, LocalIdentity, response_flow, stamp_received
@@ -51,6 +53,7 @@ from .registrar import RemovalCause as StoreRemoval
 from .sip import ParseError, Request, Response, make_response, parse_message
 from .sip.build import phrase_with_detail
 from .sip.framer import FramingError
+from .sip.limits import over_limits
 from .store_writer import StoreWriterProcess
 from .transaction import (
     InviteClientTransaction,
@@ -107,6 +110,8 @@ class Server:
         self.forwarder = Forwarder(self)
         self.limiter = parts.rate_limiter(cfg)
         self.shedder = Shedder(cfg.limits.overload_queue_delay)
+        self.nat = NatKeepalive(cfg.nat.keepalive_interval, cfg.nat.keepalive_failures)
+        self.nat_keeper = NatKeeper(self)
         self.listeners: list[BoundListener] = []
         self.addresses = LocalAddresses(self.identity, cfg.server.advertise)
         self.udp_local = self.addresses.udp_local
@@ -153,6 +158,7 @@ class Server:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 await nursery.start(serve, specs, self.flows, self, ssl_ctx, self._bound)
+                self.nat_keeper.adopt_restored()
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self.commit.run)
                 if cfg.mgmt.listen:
@@ -250,7 +256,10 @@ class Server:
         self.metrics.flow_closed(flow, cause)
         if self.gate is not None:
             self.gate.forget(flow)
+        self.nat.untrack(flow)
         token = self.core.token(flow)
+        if cause is CloseCause.SHUTDOWN and flow.transport is Transport.UDP:
+            token = None  # a UDP 5-tuple outlives the process: its bindings are kept for the restart
         if token is not None:
             changes = self.store.remove_flow(token, StoreRemoval.FLOW_FAILED)
             if changes:
@@ -290,15 +299,17 @@ class Server:
         except ParseError as err:
             await self._parse_error(flow, err)
             return
-        problem = _over_limit(msg, lim)
+        problem = over_limits(msg, lim.max_headers, lim.max_vias, lim.max_route_values)
         if problem is not None:
             await self._parse_error(flow, ParseError(problem, 400, msg))
             return
         try:
             if isinstance(msg, Request):
                 await self._on_request(msg, flow)
-            else:
+            elif not (msg.top_via.branch or "").startswith(BRANCH_PREFIX):
                 await self.forwarder.on_response(msg)  # type: ignore[arg-type]
+            elif self.nat.answered(msg.top_via.branch or ""):
+                self.count("nat_keepalives_answered")
         except ParseError as err:
             err.message = msg
             await self._parse_error(flow, err)
@@ -307,7 +318,7 @@ class Server:
         msg = err.message
         if self._bad_log_budget.allow():
             log.info("bad message from %s: %s (%d)", flow.id, err.reason, err.status)
-        self._count("parse_errors")
+        self.count("parse_errors")
         if isinstance(msg, Request) and msg.method != "ACK":
             try:
                 msg.top_via  # noqa: B018 - a response needs a Via to go anywhere
@@ -324,11 +335,13 @@ class Server:
     # ------------------------------------------------------------------ requests
     async def _on_request(self, req: Request, flow: Flow) -> None:
         method = req.method
-        self._count(f"requests_{method}" if method in KNOWN_METHODS else "requests_other")
+        self.count(f"requests_{method}" if method in KNOWN_METHODS else "requests_other")
+        if flow.transport is Transport.UDP:
+            self.nat.heard(flow)
         stamp_received(req, flow.remote)
         now = self.clock.now()
         if self.limiter is not None and not self.limiter.allow(flow.remote[0], now):
-            self._count("rate_limited")
+            self.count("rate_limited")
             if self.cfg.rate_limit.action == "reject" and method != "ACK":
                 ra = self.limiter.retry_after(flow.remote[0], now)
                 reason = "Service Unavailable (rate limit: rate_limit.requests_per_second)"
@@ -367,7 +380,7 @@ class Server:
         Retry-After, statelessly, instead of handling it (RFC 3261 §21.5.4). Answering costs a
         fraction of handling, so the queue drains, and clients back off instead of
         retransmitting into it."""
-        self._count("overload_rejected")
+        self.count("overload_rejected")
         retry = self.cfg.limits.overload_retry_after
         self._overload_log.warning(
             "overload: UDP requests waited %.0f ms in the socket queue (limit %.0f ms); "
@@ -393,9 +406,12 @@ class Server:
             _log_binding_event(ev, flow, self._reg_log_budget)
         if result.outbound_flow:
             # RFC 5626 §5.4: the flow is dead after Flow-Timer plus a grace period of silence.
-            self.flows.set_idle_limit(flow, self.cfg.registrar.flow_timer + self.cfg.proxy.keepalive_grace)
+            self.flows.set_idle_limit(flow, self.registrar.flow_timer(flow) + self.cfg.proxy.keepalive_grace)
+            self.nat.untrack(flow)
         elif result.flow_token is not None:
             self.flows.set_idle_limit(flow, None)  # bound: kept while the binding lives
+            if flow.transport is Transport.UDP:
+                self.nat.track(flow, self.clock.now())  # issue 17: it sends no keepalives itself
         resp = result.response
         if self.cfg.server.server_header:
             resp.add_header("Server", self.cfg.server.server_header)
@@ -417,7 +433,7 @@ class Server:
         """The earliest deadline, at most a second away (log budgets and GC pacing tick each
         second)."""
         nxt = now + 1.0
-        for d in (self.transactions.next_deadline(), self.forwarder.next_deadline()):
+        for d in (self.transactions.next_deadline(), self.forwarder.next_deadline(), self.nat.next_deadline()):
             if d is not None and d < nxt:
                 nxt = d
         expiry = self.store.next_deadline()
@@ -438,6 +454,7 @@ class Server:
                 else:
                     await self._run_server_actions(txn, actions)
             await self.forwarder.handle_timers(now)
+            await self.nat_keeper.run(now)
             self._reg_log_budget.tick()
             self._flow_log_budget.tick()
             self._bad_log_budget.tick()
@@ -449,22 +466,8 @@ class Server:
                         reg_log.info("binding expired: %s", ch.key.text)
                 self.commit.queue(expired)
 
-    def _count(self, name: str) -> None:
+    def count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
-
-
-def _over_limit(msg: Request | Response, lim: Any) -> str | None:
-    """What a message carries beyond the limits section, naming the setting (checked before
-    anything reads the values, so their cost stays bounded)."""
-    if msg.header_count() > lim.max_headers:
-        return f"too many headers (limit {lim.max_headers}, limits.max_headers)"
-    if len(msg.vias) > lim.max_vias:
-        return f"too many Via values (limit {lim.max_vias}, limits.max_vias)"
-    if msg.has_header("route") or msg.has_header("record-route"):
-        n = len(msg.header_values("route")) + len(msg.header_values("record-route"))
-        if n > lim.max_route_values:
-            return f"too many Route/Record-Route values (limit {lim.max_route_values}, limits.max_route_values)"
-    return None
 
 
 def _log_binding_event(ev: Any, flow: Flow, budget: LogBudget) -> None:

@@ -80,6 +80,8 @@ class RegistrarSettings:
     max_expires: int = attrs.field(default=7200, validator=_positive)
     default_expires: int = attrs.field(default=3600, validator=_positive)
     flow_timer: int = attrs.field(default=120, validator=_positive)
+    #: RFC 5626 §4.4.1: the keepalive interval must keep the NAT binding; UDP ones are short.
+    flow_timer_udp: int = attrs.field(default=25, validator=_positive)
     outbound_without_first_hop: bool = False
     gruu: bool = True
     require_instance: bool = False
@@ -250,7 +252,7 @@ class Registrar:
         headers: list[Header] = []
         if ctx.outbound_applied:
             headers.append(_REQUIRE_OUTBOUND)  # OB-REG-10
-            headers.append(_flow_timer_header(s.flow_timer))  # OB-EP-15
+            headers.append(_flow_timer_header(self.flow_timer(flow)))  # OB-EP-15
         if s.gruu and "gruu" in supported:
             for b in store.lookup(aor, now):
                 value = b.contact_value(now, _gruu_params(b, to_uri))
@@ -287,6 +289,10 @@ class Registrar:
             flow_token=token,
             aor=aor,
         )
+
+    def flow_timer(self, flow: Flow) -> int:
+        """The Flow-Timer for an outbound flow of this transport (RFC 5626 §4.4.1)."""
+        return self.settings.flow_timer_udp if flow.transport is Transport.UDP else self.settings.flow_timer
 
     # ------------------------------------------------------------------ planning
     def _plan_wildcard(
@@ -460,11 +466,12 @@ class Registrar:
         """The route set towards the UA and the flow token it depends on (OB-REG-09, PATH-04).
 
         First hop: our own Path URI naming the arrival flow goes on top, with ``ob`` when
-        outbound applies; without outbound only over connection-oriented transports (a
-        WebSocket or NATed TCP phone is reachable only over its connection; RFC 7118 §5, WS-08).
-        Direct UDP without outbound: no Path, requests go to the Contact."""
+        outbound applies. Without outbound too (an *implicit flow*, DESIGN.md "Flows for every
+        phone"): a phone behind NAT is reachable only through the mapping its REGISTER opened
+        (UDP source address and port, the connection on TCP/TLS/WS; RFC 7118 §5), never at its
+        private Contact, which is still stored untouched. Behind another proxy: its Path only."""
         received = ctx.received_path
-        if not ctx.first_hop or not (is_outbound or ctx.flow.transport.reliable):
+        if not ctx.first_hop:
             return received, None
         token = ctx.token(self._codec)
         own = self._own_path(ctx.local_uri, token, ob=is_outbound)

@@ -369,6 +369,23 @@ class FlowTable:
         self._report_opened(state.flow)
         return state
 
+    def adopt_udp(self, flow: Flow, idle_limit: float | None, now: float) -> bool:
+        """Track a UDP flow known from before a restart (a stored binding's 5-tuple, which the
+        restart did not change) as if its peer had just been heard from, with ``idle_limit``
+        (None: kept while its bindings live). False when no UDP listener has its local address."""
+        if flow.transport is not Transport.UDP:
+            return False
+        endpoint = self._udp.get(flow.local)
+        if endpoint is None:
+            return False
+        state = endpoint.flows.get(flow.remote)
+        if state is None:
+            state = endpoint.flows[flow.remote] = UdpFlowState(flow, now, idle_limit)
+        state.idle_limit = idle_limit
+        state.explicit_limit = idle_limit is not None
+        self._schedule(state)
+        return True
+
     def end(self, tracked: Tracked, cause: CloseCause, detail: str | None = None) -> None:
         """Forget a flow and report it closed with ``cause``, once; later calls do nothing
         (the first cause wins). It does not tear the transport down (``Connection.abort``).

@@ -610,8 +610,26 @@ def test_ws_08_direct_stream_registration_without_outbound_keeps_the_connection(
     assert res.outbound_flow is False and res.flow_token == b.flow_token
 
 
-def test_direct_udp_without_outbound_has_no_path_or_token(h: Harness) -> None:
+def test_direct_udp_without_outbound_binds_an_implicit_flow(h: Harness) -> None:
+    """Issue 17 (implicit flows): a phone without outbound that REGISTERs directly over UDP is
+    reached through the mapping its REGISTER opened: the stored Path names the arrival flow
+    (token, ``lr``, no ``ob``); the Contact is stored untouched and the Path is not echoed."""
     res = h.send(register("<sip:alice@192.0.2.10:5060>", via_transport="UDP"), UDP)
+    assert res.response.status == 200
+    (b,) = h.store.lookup(AOR, NOW)
+    assert b.contact_uri == "sip:alice@192.0.2.10:5060" and not b.outbound
+    assert b.flow_token == h.codec.encode(UDP) and res.flow_token == b.flow_token
+    own = parse_sip_uri(b.path[0][1:-1])
+    assert own.user == b.flow_token and own.lr and not own.has_param("ob")
+    assert res.outbound_flow is False and wire(res.response).header("Path") is None
+
+
+def test_register_behind_another_proxy_stores_only_its_path(h: Harness) -> None:
+    """RFC 3327: a REGISTER that came through another proxy (two Vias) is not bound to our
+    flow with that proxy: its own Path (if any) is the route set."""
+    req = register("<sip:alice@192.0.2.10:5060>", via_transport="UDP")
+    req.add_header("Via", "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKp1")
+    res = h.send(req, UDP)
     assert res.response.status == 200
     (b,) = h.store.lookup(AOR, NOW)
     assert b.path == () and b.flow_token is None and res.flow_token is None
@@ -823,7 +841,7 @@ def test_rfc4475_regescrt_escaped_route_stays_inside_the_contact_uri(h: Harness)
     assert res.response.status == 200
     (b,) = h.store.lookup("user@example.com", NOW)
     assert b.contact_uri == "sip:user@example.com?Route=%3Csip:sip.example.com%3E"
-    assert b.path == ()
+    assert len(b.path) == 1 and "sip.example.com" not in b.path[0]  # only our implicit-flow Path
     (c,) = wire(res.response).contacts
     assert c.uri_text == b.contact_uri
     assert res.response.header("Route") is None
