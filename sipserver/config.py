@@ -218,6 +218,10 @@ class ListenSpec:
     host: str
     port: int
     path: str = "/"
+    # The public address the server writes for this listener (a server behind a 1:1 NAT):
+    # ``;advertise=HOST[:PORT]``; empty host: the bound address; no port: the bound port.
+    advertise_host: str = ""
+    advertise_port: int | None = None
 
     @property
     def flow_transport(self) -> Transport:
@@ -240,11 +244,17 @@ class ListenSpec:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         path = self.path if self.transport in ("ws", "wss") and self.path != "/" else ""
-        return f"{self.transport}:{host}:{self.port}{path}"
+        adv = ""
+        if self.advertise_host:
+            ahost = f"[{self.advertise_host}]" if ":" in self.advertise_host else self.advertise_host
+            adv = f";advertise={ahost}" + (f":{self.advertise_port}" if self.advertise_port else "")
+        return f"{self.transport}:{host}:{self.port}{path}{adv}"
 
 
 def parse_listen(spec: str) -> ListenSpec:
-    """Parse ``udp|tcp|tls:HOST:PORT`` or ``ws|wss:HOST:PORT[/PATH]``; IPv6 as ``[::1]``.
+    """Parse ``udp|tcp|tls:HOST:PORT`` or ``ws|wss:HOST:PORT[/PATH]``; IPv6 as ``[::1]``;
+    ``;advertise=HOST[:PORT]`` at the end names the public address a server behind a 1:1 NAT
+    writes in Via, Record-Route and Path for this listener.
 
     Raises ConfigError naming the spec and what is wrong with it.
     """
@@ -254,6 +264,27 @@ def parse_listen(spec: str) -> ListenSpec:
     def bad(why: str) -> ConfigError:
         return ConfigError(f"bad listen spec {_show(spec)}: {why}")
 
+    main, semi, option = spec.strip().partition(";")
+    adv_host, adv_port = "", None
+    if semi:
+        name, eq, value = option.partition("=")
+        if name.strip().lower() != "advertise" or not eq or not value.strip():
+            raise bad("the only option is ;advertise=HOST[:PORT]")
+        try:
+            if value.strip().startswith("[") or value.count(":") == 1:
+                adv_host, port_text, tail = _split_host_port(value.strip())
+                if tail:
+                    raise ValueError(f"unexpected {tail!r} after the port")
+                adv_host, adv_port = _check_host(adv_host), _check_port(port_text, allow_zero=False)
+            else:
+                adv_host = _check_host(value.strip())
+        except ValueError as exc:
+            raise bad(f"advertise: {exc}") from None
+    parsed = _parse_listen_main(main, bad)
+    return attrs.evolve(parsed, advertise_host=adv_host, advertise_port=adv_port)
+
+
+def _parse_listen_main(spec: str, bad: Callable[[str], ConfigError]) -> ListenSpec:
     transport, sep, rest = spec.strip().partition(":")
     transport = transport.lower()
     if not sep:
@@ -602,7 +633,9 @@ class ServerConfig:
         "Sockets to listen on, each `TRANSPORT:HOST:PORT[/PATH]` with TRANSPORT one of udp, tcp, "
         "tls, ws, wss. IPv6 hosts go in brackets (`tcp:[::1]:5060`); port 0 picks a free port; "
         "PATH (ws and wss only, default `/`) is the WebSocket resource (RFC 7118 §4). "
-        "`--listen` on the command line replaces this list.",
+        "A server behind a 1:1 NAT (a cloud VM) appends `;advertise=PUBLIC[:PORT]` and then "
+        "writes that address in every Via, Record-Route and Path of this listener "
+        "(docs/nat.md). `--listen` on the command line replaces this list.",
     )
     domains: tuple[str, ...] = _opt(
         (),

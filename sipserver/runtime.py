@@ -263,6 +263,7 @@ class Server:
         if token is not None:
             changes = self.store.remove_flow(token, StoreRemoval.FLOW_FAILED)
             if changes:
+                self.core.retire(token, [ch.key for ch in changes])
                 for ch in changes:
                     if self._reg_log_budget.allow():
                         reg_log.info("binding removed: %s (flow %s %s)", ch.key.text, flow.id, cause)

@@ -25,8 +25,10 @@ from collections.abc import Callable
 import attrs
 
 from ..auth.gate import AuthGate, Refusal
+from ..bounded import LruTable
 from ..outbound.flow import Flow
 from ..outbound.flowtoken import FlowTokenCodec, InvalidToken
+from ..registrar.binding import INSTANCE, BindingKey
 from ..registrar.store import LocationStore
 from ..sip import ParseError, Request, Response, SipURI, make_response
 from .context import Target
@@ -116,6 +118,10 @@ class ProxyCore:
     store: LocationStore
     gate: AuthGate | None
     flow_alive: Callable[[Flow], bool]
+    # Flow token of a dead flow -> the outbound binding (AoR, instance, reg-id) it carried, so
+    # a dialog survives the phone reconnecting (``_replacement``). Bounded: an attacker can
+    # make flows die, not make this table grow.
+    retired: LruTable[str, BindingKey] = attrs.field(factory=lambda: LruTable(65536))
 
     # ------------------------------------------------------------------ responses
     def response(
@@ -286,13 +292,36 @@ class ProxyCore:
         """RFC 3261 §16.5 target determination, with RFC 5626 flow tokens first."""
         if hop.kind is HopKind.FLOW:
             assert hop.flow is not None
-            if not self.flow_alive(hop.flow):
+            flow = hop.flow if self.flow_alive(hop.flow) else self._replacement(hop.flow, wall)
+            if flow is None:
                 return Reply(430, "Flow Failed")
-            return [Dest(req.uri_text, [], flow=hop.flow)]
+            return [Dest(req.uri_text, [], flow=flow)]
         assert hop.uri is not None
         if hop.kind is HopKind.EXTERNAL:
             return [Dest(req.uri_text, [], uri=hop.uri)]
         return self._lookup(hop.uri, wall, authenticated)
+
+    def retire(self, token: str, keys: list[BindingKey]) -> None:
+        """A flow died with these bindings on it (runtime, on flow close)."""
+        for key in keys:
+            if key.kind == INSTANCE:
+                self.retired.put(token, key)
+
+    def _replacement(self, dead: Flow, wall: float) -> Flow | None:
+        """A dialog survives a reconnect (issue 17): a phone that lost its connection and
+        registered the same ``+sip.instance`` and reg-id again on a new flow is reached there by
+        requests whose Route still names the dead flow. Never a flow of another instance: the
+        binding key carries the instance and reg-id (RFC 5626 §6)."""
+        token = self.token(dead)
+        key = self.retired.get(token) if token is not None else None
+        binding = self.store.get(key) if key is not None else None
+        if binding is None or binding.expires_at <= wall or binding.flow_token is None:
+            return None
+        try:
+            flow = self.codec.decode(binding.flow_token)
+        except InvalidToken:
+            return None
+        return flow if self.flow_alive(flow) else None
 
     def _lookup(self, uri: SipURI, wall: float, authenticated: bool) -> list[Dest] | Reply:
         """RFC 3261 §16.5 / RFC 5627 §5.1: the location service, by AoR or by GRUU. An

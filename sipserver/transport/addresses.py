@@ -51,14 +51,24 @@ def default_host(v6: bool) -> str:
 
 class LocalAddresses:
     """Where this server is: learned from the bound listeners (``learn``), and our own URI on the
-    listener of each flow (Via, Record-Route, Path). Accepted connections know their real local
-    address; a wildcard UDP socket does not, so the advertised (or detected) address stands in."""
+    listener of each flow (Via, Record-Route, Path).
+
+    - A listener with ``;advertise=`` (a server behind a 1:1 NAT) is written as its public
+      address on every transport (issue 17).
+    - Accepted connections know their real local address; a wildcard UDP socket does not, so
+      ``server.advertise`` (or the detected default address) stands in for it.
+    - A connection the server opened itself has an ephemeral local port nobody can reach: it is
+      written as the listening address of its transport (issue 20: a BYE to the Record-Route
+      must reach a listener).
+    """
 
     def __init__(self, identity: LocalIdentity, advertise: str) -> None:
         self.identity = identity
         self.advertise = advertise
         # the UDP listener of each address family: the socket requests to a UDP address leave by
         self.udp_local: dict[int, tuple[str, int]] = {}
+        self._listeners: dict[tuple[Transport, int], BoundListener] = {}
+        self._first: dict[Transport, BoundListener] = {}
         self._uris: dict[tuple[Transport, tuple[str, int]], SipURI] = {}
 
     def learn(self, listeners: Iterable[BoundListener]) -> None:
@@ -67,10 +77,16 @@ class LocalAddresses:
         if self.advertise:
             ident.add_host(self.advertise)
         for bl in listeners:
+            transport = bl.flow_transport
+            self._listeners[(transport, bl.port)] = bl
+            self._first.setdefault(transport, bl)
             ident.ports.add(bl.port)
             wildcard = bl.host in ("0.0.0.0", "::")
             for host in local_addresses(bl.host == "::") if wildcard else [bl.host]:
                 ident.add_host(host)
+            if bl.advertise_host:
+                ident.add_host(bl.advertise_host)
+                ident.ports.add(bl.advertise_port or bl.port)
             if bl.transport == "udp":
                 self.udp_local[socket.AF_INET6 if ":" in bl.host else socket.AF_INET] = (bl.host, bl.port)
 
@@ -78,14 +94,24 @@ class LocalAddresses:
         key = (flow.transport, flow.local)
         uri = self._uris.get(key)
         if uri is None:
-            host = flow.local[0]
-            if host in ("0.0.0.0", "::", ""):
-                host = self.advertise or default_host(host == "::")
-            params: list[tuple[str, str | None]] = []
-            if flow.transport is not Transport.UDP:
-                params.append(("transport", flow.transport.uri_param))
-            uri = self._uris[key] = SipURI("sip", None, None, host, flow.local[1], params, None)
+            uri = self._uris[key] = self._make_uri(flow)
         return uri
+
+    def _make_uri(self, flow: Flow) -> SipURI:
+        host, port = flow.local
+        bl = self._listeners.get((flow.transport, port))
+        if bl is None and flow.transport is not Transport.UDP:
+            bl = self._first.get(flow.transport)  # a connection we opened: name our listener
+            if bl is not None:
+                host, port = bl.host, bl.port
+        if bl is not None and bl.advertise_host:
+            host, port = bl.advertise_host, bl.advertise_port or bl.port
+        elif host in ("0.0.0.0", "::", ""):
+            host = self.advertise or default_host(host == "::")
+        params: list[tuple[str, str | None]] = []
+        if flow.transport is not Transport.UDP:
+            params.append(("transport", flow.transport.uri_param))
+        return SipURI("sip", None, None, host, port, params, None)
 
     def via(self, flow: Flow, branch: str) -> str:
         return f"SIP/2.0/{flow.transport.value} {self.uri(flow).hostport};branch={branch}"

@@ -50,6 +50,8 @@ class BoundListener:
     host: str
     port: int
     path: str | None = None
+    advertise_host: str = ""  # ListenSpec.advertise_*: the public address behind a 1:1 NAT
+    advertise_port: int | None = None
 
     @property
     def flow_transport(self) -> Transport:
@@ -118,7 +120,10 @@ async def serve(
 def _describe(spec: ListenSpec, raw: socket.socket) -> BoundListener:
     name = raw.getsockname()
     is_ws = spec.flow_transport in (Transport.WS, Transport.WSS)
-    return BoundListener(spec.transport, name[0], name[1], spec.path if is_ws else None)
+    return BoundListener(
+        spec.transport, name[0], name[1], spec.path if is_ws else None,
+        spec.advertise_host, spec.advertise_port,
+    )
 
 
 async def _bind(spec: ListenSpec) -> list[socket.socket]:

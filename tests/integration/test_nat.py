@@ -123,3 +123,105 @@ async def test_flow_timer_is_25_on_udp_and_120_on_tcp(tmp_path: Path) -> None:
         t = await TcpUA.open(addr(server, "tcp"))
         await t.send(register(t, "bob", instance="urn:uuid:2", reg_id=1))
         assert (await t.recv_response()).header("Flow-Timer") == "120"
+
+
+async def test_listener_advertise_writes_the_public_address_everywhere(tmp_path: Path) -> None:
+    """A server behind a 1:1 NAT (issue 17): with ``;advertise=`` on its listeners, every Via,
+    Record-Route and Path it writes carries the public address, on UDP, TCP and WS; a Route to
+    the public address is recognised as ours."""
+    from harness import TcpUA
+
+    listen = [
+        "udp:127.0.0.1:0;advertise=203.0.113.7:5070",
+        "tcp:127.0.0.1:0;advertise=203.0.113.7:5071",
+        "ws:127.0.0.1:0;advertise=203.0.113.7:5072",
+    ]
+    async with running_server(tmp_path, listen=listen, nat={"keepalive": False}) as server:
+        bob = await TcpUA.open(addr(server, "tcp"))
+        await bob.send(register(bob, "bob", instance="urn:uuid:b", reg_id=1))
+        ok = await bob.recv_response()
+        assert ok.status == 200
+        assert "203.0.113.7:5071" in (ok.header("Path") or "") and "127.0.0.1" not in (ok.header("Path") or "")
+        alice = await UdpUA.open(addr(server, "udp"))
+        await alice.send(request(alice, "INVITE", "sip:bob@example.com", call_id="adv1", from_user="carol"))
+        inv = await bob.recv_request()
+        ours = [inv.header_lines("via")[0], *inv.header_values("record-route")]
+        assert "203.0.113.7:5071" in ours[0]
+        assert any("203.0.113.7:5070" in v for v in ours[1:]) and any("203.0.113.7:5071" in v for v in ours[1:])
+        assert all("127.0.0.1" not in v for v in ours)
+        trying = await alice.recv()
+        assert trying.status == 100 and "203.0.113.7" not in str(trying.header_lines("via"))  # alice's own Via
+
+
+async def test_connection_the_server_opened_is_named_by_its_listener(tmp_path: Path) -> None:
+    """Issue 20 bug: a request forwarded over a TCP connection the server opened carried
+    ``Record-Route: <sip:…@127.0.0.1:EPHEMERAL…>``, so the far end's BYE went nowhere. Our
+    Via and Record-Route name the TCP listener instead."""
+    import trio
+
+    async with running_server(tmp_path, nat={"keepalive": False}) as server:
+        lst = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        edge_port = lst[0].socket.getsockname()[1]
+        # bob registered through another proxy whose Path points at our TCP "edge" listener
+        edge = await UdpUA.open(addr(server, "udp"))
+        req = register(edge, "bob", contact="<sip:bob@192.0.2.50:5060>", supported="path",
+                       extra=[f"Path: <sip:127.0.0.1:{edge_port};transport=tcp;lr>"])
+        req = req.replace("Max-Forwards: 70", "Via: SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKx1\r\nMax-Forwards: 70")
+        await edge.send(req)
+        assert (await edge.recv_response()).status == 200
+        alice = await UdpUA.open(addr(server, "udp"))
+        await alice.send(request(alice, "INVITE", "sip:bob@example.com", call_id="out1", from_user="carol"))
+        with trio.fail_after(5):
+            stream = await lst[0].accept()
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(65536)
+        text = data.decode()
+        tcp_port = addr(server, "tcp")[1]
+        via = next(line for line in text.split("\r\n") if line.lower().startswith("via:"))
+        rrs = [line for line in text.split("\r\n") if line.lower().startswith("record-route:")]
+        assert f":{tcp_port}" in via and rrs and any(f":{tcp_port};" in r for r in rrs)
+        await stream.aclose()
+        await lst[0].aclose()
+
+
+async def test_dialog_survives_a_websocket_reconnect_of_the_same_instance(tmp_path: Path) -> None:
+    """Issue 17: a browser that loses its WebSocket mid-call and registers the same
+    +sip.instance/reg-id on a new connection is reached in that dialog: the peer's re-INVITE
+    and BYE, whose Route names the dead flow, go down the new flow (not 430). Another
+    instance's new flow never gets them."""
+    from harness import WsUA
+
+    async with running_server(tmp_path, nat={"keepalive": False}) as server:
+        ws_addr = addr(server, "ws")
+        alice = await UdpUA.open(addr(server, "udp"))
+        async with WsUA.open(ws_addr) as bob:
+            await bob.send(register(bob, "bob", instance="urn:uuid:b0b", reg_id=1))
+            assert (await bob.recv_response()).status == 200
+            await alice.send(request(alice, "INVITE", "sip:bob@example.com", call_id="re1", from_tag="a1",
+                                     from_user="carol", contact=f"<sip:carol@{alice.hostport()}>"))
+            inv = await bob.recv_request()
+            await bob.send(response_to(inv, 200, "OK", to_tag="b1", contact="<sip:bob@df7jal23ls0d.invalid;transport=ws>"))
+            ok = await alice.recv_response()
+            assert ok.status == 200
+        route = list(reversed(ok.header_values("record-route")))
+        async with WsUA.open(ws_addr) as other:  # another instance: must not receive bob's dialog
+            await other.send(register(other, "bob", instance="urn:uuid:0ther", reg_id=1))
+            assert (await other.recv_response()).status == 200
+            await alice.send(request(alice, "INFO", "sip:bob@df7jal23ls0d.invalid;transport=ws", call_id="re1",
+                                     from_tag="a1", from_user="carol", to="sip:bob@example.com", to_tag="b1",
+                                     cseq=2, routes=route))
+            assert (await alice.recv_response()).status == 430
+            await other.expect_nothing(0.2)
+            async with WsUA.open(ws_addr) as bob2:
+                await bob2.send(register(bob2, "bob", instance="urn:uuid:b0b", reg_id=1))
+                assert (await bob2.recv_response()).status == 200
+                for n, method in ((3, "INVITE"), (4, "BYE")):
+                    await alice.send(request(alice, method, "sip:bob@df7jal23ls0d.invalid;transport=ws",
+                                             call_id="re1", from_tag="a1", from_user="carol",
+                                             to="sip:bob@example.com", to_tag="b1", cseq=n, routes=route))
+                    got = await bob2.recv_request()
+                    assert got.method == method and got.call_id == "re1"
+                    await bob2.send(response_to(got, 200, "OK"))
+                    assert (await alice.recv_response()).status == 200
+                await other.expect_nothing(0.2)
