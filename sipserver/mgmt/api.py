@@ -38,11 +38,12 @@ from typing import Any
 import trio
 
 from sipserver import __version__
+from sipserver.outbound.flow import CloseCause
 from sipserver.outbound.flowtoken import InvalidToken
 from sipserver.registrar import RemovalCause
 
 from .http import HttpRequest, HttpResponse, json_error, json_response, serve_http
-from .metrics import collect, render
+from .metrics import binding_kind, collect, render
 from .trace import normalize_aor
 
 __all__ = ["ManagementApi", "serve_management", "watch_loop_lag"]
@@ -114,7 +115,7 @@ class ManagementApi:
 
     def _info(self) -> dict[str, Any]:
         s = self.server
-        now = time.time()
+        now = self.server.clock.wall()
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -132,7 +133,7 @@ class ManagementApi:
     async def stats(self, req: HttpRequest) -> HttpResponse:
         s = self.server
         m = s.metrics
-        now = time.time()
+        now = self.server.clock.wall()
         live = [b for b in s.store.all() if b.expires_at > now]
         flows: dict[str, int] = {}
         for fi in s.flows.snapshot():
@@ -163,7 +164,7 @@ class ManagementApi:
         return json_response(body)
 
     async def metrics(self, req: HttpRequest) -> HttpResponse:
-        text = render(collect(self.server, time.time()))
+        text = render(collect(self.server, self.server.clock.wall()))
         return HttpResponse(200, text.encode(), PROMETHEUS_TYPE)
 
     def _flow_of(self, token: str | None) -> Any:
@@ -176,7 +177,7 @@ class ManagementApi:
 
     async def registrations(self, req: HttpRequest) -> HttpResponse:
         s = self.server
-        now = time.time()
+        now = self.server.clock.wall()
         wanted = req.arg("aor")
         if wanted is not None:
             try:
@@ -196,6 +197,8 @@ class ManagementApi:
                     "instance": b.instance_id,
                     "reg_id": b.reg_id,
                     "outbound": b.outbound,
+                    "kind": binding_kind(b),
+                    "keepalive": _keepalive_state(s, flow, now),
                     "flow": flow.id if flow is not None else None,
                     "flow_alive": s.flows.is_alive(flow) if flow is not None else None,
                     "transport": b.transport,
@@ -314,7 +317,7 @@ class ManagementApi:
                 except ValueError:
                     bindings = 0
                 log.info("closing flow %s on request of the management API", flow_id)
-                s.flows.close(fi.flow, "closed by management API")
+                s.flows.close(fi.flow, CloseCause.CLOSED_BY_MANAGEMENT)
                 return json_response({"closed": flow_id, "bindings_removed": bindings})
         return json_error(404, f"no such flow: {flow_id[:200]}")
 
@@ -353,6 +356,18 @@ class ManagementApi:
         state = self.server.tracer.state()
         log.info("SIP trace filters now: sources=%s aors=%s", state["sources"], state["aors"])
         return json_response(state)
+
+
+def _keepalive_state(server: Any, flow: Any, wall: float) -> dict[str, Any] | None:
+    """Server-sent keepalives of an implicit UDP flow (issue 17), for ``sipserver ctl``."""
+    state = server.nat.state(flow) if flow is not None else None
+    if state is None:
+        return None
+    return {
+        "next_ping_in": _round(max(0.0, state.next_ping - server.clock.now()), 1),
+        "unanswered": state.failures + (1 if state.waiting else 0),
+        "pings_sent": state.pings_sent,
+    }
 
 
 def _hostport(addr: tuple[str, int]) -> str:

@@ -160,6 +160,13 @@ def _resolve(args: Any) -> MgmtClient:
     return MgmtClient(host, port, token, timeout)
 
 
+def _keepalive_text(state: dict[str, Any] | None) -> str | None:
+    """Server-sent keepalives of an implicit UDP binding: next ping, unanswered count."""
+    if not state:
+        return None
+    return f"next {duration(state['next_ping_in'])}, {state['unanswered']} unanswered"
+
+
 def _registrations(client: MgmtClient, args: Any, as_json: bool) -> None:
     query = {"aor": args.aor} if args.aor else None
     data = client.json("GET", "/registrations", query=query)
@@ -175,11 +182,16 @@ def _registrations(client: MgmtClient, args: Any, as_json: bool) -> None:
             r["aor"], r["contact"], r["instance"], r["reg_id"], r["transport"], r["source"],
             duration(r["expires"]),
             (r["flow"] + ("" if r["flow_alive"] else " (gone)")) if r["flow"] else None,
+            r.get("kind"),
+            _keepalive_text(r.get("keepalive")),
             r["user_agent"],
         ]
         for r in regs
     ]
-    headers = ["AOR", "CONTACT", "INSTANCE", "REG-ID", "TRANSPORT", "SOURCE", "EXPIRES", "FLOW", "USER-AGENT"]
+    headers = [
+        "AOR", "CONTACT", "INSTANCE", "REG-ID", "TRANSPORT", "SOURCE", "EXPIRES", "FLOW", "KIND",
+        "KEEPALIVE", "USER-AGENT",
+    ]
     _print(format_table(headers, rows))
 
 

@@ -233,8 +233,18 @@ _STAT_FAMILIES = {
     "overload_rejected": "New UDP requests answered 503 because they waited too long in the socket queue (limits.overload_queue_delay).",
     "auth_failures": "Digest authentication attempts that failed (RFC 3261 §22).",
     "auth_banned": "Requests refused because their source is banned after failed logins.",
+    "nat_keepalives_sent": "Keepalive OPTIONS sent down the flows of UDP phones without outbound ([nat]).",
+    "nat_keepalives_answered": "Responses (any status) to keepalive OPTIONS.",
+    "nat_keepalive_failures": "Flows declared dead after nat.keepalive_failures unanswered keepalives (their bindings removed).",
 }
 _STAT_KEY_RE = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def binding_kind(b: Any) -> str:
+    """outbound, implicit (our flow without outbound, issue 17) or external (another Path)."""
+    if b.outbound:
+        return "outbound"
+    return "implicit" if b.flow_token is not None else "external"
 
 
 def collect(server: Any, now: float) -> list[Family]:
@@ -267,12 +277,22 @@ def collect(server: Any, now: float) -> list[Family]:
     fams.append(_gauge("sipserver_transactions", "SIP transactions in flight (client and server).", [Sample((), len(server.transactions))]))
 
     by_transport: dict[str, int] = {}
+    by_kind: dict[str, int] = {"outbound": 0, "implicit": 0, "external": 0}
     aors: set[str] = set()
     for b in server.store.all():
         if b.expires_at > now:
             t = b.transport.lower()
             by_transport[t] = by_transport.get(t, 0) + 1
+            by_kind[binding_kind(b)] += 1
             aors.add(b.aor)
+    fams.append(
+        _gauge(
+            "sipserver_bindings",
+            "Live bindings by kind: outbound (RFC 5626), implicit (a phone without outbound, "
+            "reached down the flow its REGISTER came on), external (behind another proxy's Path).",
+            (Sample((("kind", k),), n) for k, n in by_kind.items()),
+        )
+    )
     fams.append(
         _gauge(
             "sipserver_registrations",

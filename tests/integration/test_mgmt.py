@@ -517,10 +517,16 @@ async def test_ctl_commands_against_running_server(tmp_path: Path, capsys: pytes
         rc, out, err = await ctl(capsys, server, "registrations")
         assert rc == 0 and err == ""
         header, *rows = out.splitlines()
-        assert header.split() == ["AOR", "CONTACT", "INSTANCE", "REG-ID", "TRANSPORT", "SOURCE", "EXPIRES", "FLOW", "USER-AGENT"]
+        assert header.split() == [
+            "AOR", "CONTACT", "INSTANCE", "REG-ID", "TRANSPORT", "SOURCE", "EXPIRES", "FLOW", "KIND",
+            "KEEPALIVE", "USER-AGENT",
+        ]
         assert len(rows) == 2
         bob_row = next(r for r in rows if r.startswith("bob@example.com"))
-        assert "TestPhone/1.2" in bob_row and "tcp" in bob_row and INST_B in bob_row
+        assert "TestPhone/1.2" in bob_row and "tcp" in bob_row and INST_B in bob_row and "outbound" in bob_row
+        # issue 17: alice registered over UDP without outbound: an implicit flow the server pings
+        alice_row = next(r for r in rows if r.startswith("alice@example.com"))
+        assert "implicit" in alice_row and "unanswered" in alice_row
         # Aligned: every row starts its CONTACT column where the header does.
         col = header.index("CONTACT")
         assert all(r[col - 2 : col] == "  " and r[col] != " " for r in rows)
@@ -772,3 +778,21 @@ async def test_webphones_in_headless_chromium_register_and_call(
             return (await get_json(server, "/registrations"))["count"] == 0
 
         await until(gone, timeout=10)
+
+
+async def test_binding_kinds_and_nat_keepalives_are_metrics(tmp_path: Path) -> None:
+    """Issue 17: bindings by kind, and the server-sent keepalives, are visible as metrics."""
+    async with running_server(tmp_path, mgmt=MGMT, nat={"keepalive_interval": 1.0}) as server:
+        bob = await TcpUA.open(addr(server, "tcp"))
+        await reg_ok(bob, "bob", instance=INST_B, reg_id=1)
+        alice = await UdpUA.open(addr(server, "udp"))
+        await reg_ok(alice, "alice", contact_host=alice.hostport())
+        ping = await alice.recv_request(timeout=3)
+        assert ping.method == "OPTIONS"
+        await alice.send(response_to(ping, 200, "OK"))
+        await alice.expect_nothing(0.2)
+        values = await scrape(server)
+        assert metric(values, "sipserver_bindings", kind="outbound") == 1
+        assert metric(values, "sipserver_bindings", kind="implicit") == 1
+        assert metric(values, "sipserver_nat_keepalives_sent_total") >= 1
+        assert metric(values, "sipserver_nat_keepalives_answered_total") >= 1
