@@ -821,16 +821,33 @@ class LimitsConfig:
         "is possible) or dropped.",
     )
     max_connections: int = _opt(
-        20000, _Int(1), "Most simultaneous TCP, TLS and WebSocket connections."
+        20000,
+        _Int(1),
+        "Most simultaneous TCP, TLS and WebSocket connections. At start-up the open-file limit "
+        "(RLIMIT_NOFILE) is raised to fit this plus 64 for listeners and files; where the hard "
+        "limit is lower, this is lowered to fit, with a warning naming both numbers.",
     )
     max_connections_per_ip: int = _opt(
-        200, _Int(1), "Most simultaneous connections from one IP address."
+        200,
+        _Int(1),
+        "Most simultaneous connections from one IP address. An office NAT or a load balancer "
+        "puts many clients behind one address: raise it for those (a refused connection is "
+        "logged naming this setting).",
+    )
+    max_udp_flows: int = _opt(
+        100000,
+        _Int(1),
+        "Most UDP flows (source address and port pairs) tracked at once, about 600 bytes each "
+        "(60 MB at the default). A "
+        "new source beyond it evicts the flow without a binding heard from least recently; "
+        "flows carrying a binding are never evicted (a new source is then answered but not "
+        "tracked). Raise it above the number of UDP phones plus other UDP peers.",
     )
     partial_message_timeout: float = _opt(
         10.0,
         _Float(0.0, exclusive=True),
-        "Seconds a connection may hold an incomplete message before it is closed "
-        "(slow-sender protection).",
+        "Seconds a connection may hold an incomplete message (a TCP/TLS message, or a "
+        "WebSocket frame or fragmented message) before it is closed (slow-sender protection).",
     )
     idle_flow_timeout: float = _opt(
         300.0,

@@ -53,7 +53,8 @@ class CloseCause(str, enum.Enum):
     The value is the text for log lines (a ``str`` Enum: ``"%s" % cause`` and comparisons with
     the text work); ``label`` folds the causes into the few values of the metrics' ``cause``
     label: ``closed`` (the peer closed or reset it), ``keepalive_timeout`` (RFC 5626 §4.4: no
-    keep-alive within Flow-Timer plus grace), ``idle_timeout``, ``server_closed``, ``error``.
+    keep-alive within Flow-Timer plus grace), ``idle_timeout``, ``server_closed``, ``evicted``
+    (a UDP flow dropped from a full table), ``error``.
     Details that vary (an OS error text, a status or close code) are not part of the cause;
     the transport logs them at debug level.
     """
@@ -80,6 +81,8 @@ class CloseCause(str, enum.Enum):
     CLOSED_BY_SERVER = ("closed by server", "server_closed")
     CLOSED_BY_MANAGEMENT = ("closed by management API", "server_closed")
     SHUTDOWN = ("shutdown", "server_closed")
+    # A UDP flow without a binding forgotten to make room (limits.max_udp_flows).
+    EVICTED = ("evicted", "evicted")
     # Errors (label "error"): of the connection, of what the peer sent, of a write.
     TLS_ERROR = "tls error"
     TIMEOUT = "timeout"  # the kernel gave up on the peer (ETIMEDOUT)

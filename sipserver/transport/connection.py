@@ -69,9 +69,16 @@ class Tracked:
 
 
 class UdpFlowState(Tracked):
-    """A UDP 5-tuple that has sent us something (RFC 5626 §3: a UDP flow)."""
+    """A UDP 5-tuple that has sent us something (RFC 5626 §3: a UDP flow).
 
-    __slots__ = ()
+    ``bound``: the runtime tied a binding to it (``FlowTable.set_idle_limit``) or it was adopted
+    from the store; a bound flow is never evicted to make room (``limits.max_udp_flows``)."""
+
+    __slots__ = ("bound",)
+
+    def __init__(self, flow: Flow, now: float, idle_limit: float | None) -> None:
+        super().__init__(flow, now, idle_limit)
+        self.bound = False
 
 
 class Connection(Tracked):

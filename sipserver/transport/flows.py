@@ -9,8 +9,12 @@ Invariants:
   WebSocket handshake) until it ends; it ends exactly once, and the sink's ``on_flow_closed``
   is called at that moment with the first cause recorded;
 - a UDP flow (serial 0) is in the table from its first datagram until it has been silent longer
-  than its limit; ``send`` on UDP works for any 5-tuple with one of our sockets as local address,
-  known or not (stored bindings survive a restart);
+  than its limit or is evicted; ``send`` on UDP works for any 5-tuple with one of our sockets as
+  local address, known or not (stored bindings survive a restart);
+- at most ``max_udp_flows`` UDP flows are tracked (bound flows may exceed it, they are limited by
+  the registrar, not by datagrams): a new source evicts the unbound flow heard from least
+  recently (reported closed "evicted"), never a bound one; with none to evict, the source is
+  answered on a flow that is not tracked (it becomes tracked if a REGISTER binds it);
 - writes to one connection are serialised (a lock that exists only while someone sends) and
   bounded by ``send_timeout``; a write that fails or times out kills the flow and raises
   ``FlowGone``; nothing is ever retried on another flow here;
@@ -59,6 +63,8 @@ class FlowLimits:
 
     max_connections: int = attrs.field(validator=_positive_int, default=10000)
     max_connections_per_ip: int = attrs.field(validator=_positive_int, default=100)
+    # UDP 5-tuples tracked at once; beyond it the least recently heard unbound one is evicted.
+    max_udp_flows: int = attrs.field(validator=_positive_int, default=100_000)
     # A started stream message must be complete within this many seconds.
     partial_message_timeout: float = attrs.field(default=10.0, validator=_positive)
     # Default silence limit of a new flow; None keeps silent flows until they close.
@@ -112,6 +118,11 @@ class FlowTable:
         # handshake) until the socket is closed, so handshaking peers count against the limits.
         self._per_ip: dict[str, int] = {}
         self._total = 0
+        # UDP flows tracked (every endpoint's ``flows``), and how many were evicted to make room
+        # or could not be tracked because every tracked flow was bound (limits.max_udp_flows).
+        self._udp_count = 0
+        self.udp_evicted = 0
+        self.udp_untracked = 0
         self._heap: list[tuple[float, int, Tracked]] = []
         self._heap_seq = itertools.count()
         self._reaper_target = math.inf
@@ -119,6 +130,7 @@ class FlowTable:
         self._nursery: trio.Nursery | None = None
         self._sink: MessageSink | None = None
         self._refused_log = warning_budget("refused connection")
+        self._udp_full_log = warning_budget("UDP flow table full")
         self._udp_size_log = warning_budget("oversized UDP send")
         # Seconds the datagram being handled waited in its UDP socket's receive queue (kernel
         # receive timestamp; 0 when the queue was found empty or on systems without it): the
@@ -153,9 +165,9 @@ class FlowTable:
     def count(self, transport: Transport | None = None) -> int:
         """Number of live flows (of one transport if given)."""
         if transport is None:
-            return len(self._streams) + sum(len(ep.flows) for ep in self._udp.values())
+            return len(self._streams) + self._udp_count
         if transport is Transport.UDP:
-            return sum(len(ep.flows) for ep in self._udp.values())
+            return self._udp_count
         return sum(1 for flow in self._streams if flow.transport is transport)
 
     def count_for_ip(self, ip: str) -> int:
@@ -223,16 +235,55 @@ class FlowTable:
         """Close the flow after ``seconds`` of silence ("keepalive timeout"); None: never.
 
         RFC 5626 §5.4: the runtime passes Flow-Timer plus a grace period for outbound flows.
-        Unknown flows are ignored.
+        A UDP flow given a limit here is bound: never evicted for ``max_udp_flows`` (see
+        ``release_idle_limit``). Unknown flows are ignored, except the untracked UDP flow whose
+        datagram is being handled (the table was full of bound flows): it becomes tracked.
         """
         if seconds is not None and seconds <= 0:
             raise ValueError("idle limit must be positive or None")
         tracked = self._tracked(flow)
         if tracked is None:
-            return
+            tracked = self._track_pending(flow)
+            if tracked is None:
+                return
         tracked.idle_limit = seconds
         tracked.explicit_limit = True
+        if isinstance(tracked, UdpFlowState) and not tracked.bound:
+            tracked.bound = True
+            endpoint = self._udp.get(flow.local)
+            if endpoint is not None:
+                endpoint.unbound.pop(flow.remote, None)
         self._schedule(tracked)
+
+    def release_idle_limit(self, flow: Flow) -> None:
+        """The flow carries no binding any more: back to the default silence limit
+        (``idle_flow_timeout``, "idle timeout"), and a UDP flow may be evicted again."""
+        tracked = self._tracked(flow)
+        if tracked is None:
+            return
+        tracked.idle_limit = self.limits.idle_flow_timeout
+        tracked.explicit_limit = False
+        if isinstance(tracked, UdpFlowState) and tracked.bound:
+            tracked.bound = False
+            endpoint = self._udp.get(flow.local)
+            if endpoint is not None:
+                endpoint.unbound[flow.remote] = tracked
+        self._schedule(tracked)
+
+    def _track_pending(self, flow: Flow) -> UdpFlowState | None:
+        """The untracked UDP flow being handled (see ``run_udp_endpoint``), now tracked and
+        reported opened; None if ``flow`` is not that one."""
+        if flow.transport is not Transport.UDP:
+            return None
+        endpoint = self._udp.get(flow.local)
+        state = None if endpoint is None else endpoint.pending
+        if endpoint is None or state is None or state.flow != flow or state.cause is not None:
+            return None
+        endpoint.pending = None
+        endpoint.flows[flow.remote] = state
+        self._udp_count += 1
+        self._report_opened(flow)
+        return state
 
     async def connect(
         self,
@@ -249,7 +300,11 @@ class FlowTable:
         if self._nursery is None or self._sink is None:
             raise ConnectFailed(transport, remote, "transport not serving")
         if self._total >= self.limits.max_connections:
-            raise ConnectFailed(transport, remote, "connection limit reached")
+            raise ConnectFailed(
+                transport,
+                remote,
+                f"limits.max_connections ({self.limits.max_connections}) reached",
+            )
         ctx: ssl.SSLContext | None = None
         if transport is Transport.TLS:
             ctx = ssl_context or self.client_ssl_context
@@ -300,7 +355,9 @@ class FlowTable:
         for endpoint in list(self._udp.values()):
             for state in list(endpoint.flows.values()):
                 self.end(state, CloseCause.SHUTDOWN)
+            endpoint.unbound.clear()
         self._udp.clear()
+        self._udp_count = 0
         self._nursery = None
         self._sink = None
 
@@ -313,21 +370,28 @@ class FlowTable:
         is established, so serials number real flows)."""
         return self._serial_base + next(self._serials)
 
-    def admit(self, ip: str) -> bool:
+    def admit(self, ip: str, transport: Transport = Transport.TCP) -> bool:
         """Count an accepted connection from ``ip`` against the limits; False (logged, not
         counted) when one is reached. Every True is matched by one ``release(ip)`` when the
-        socket is closed."""
+        socket is closed.
+
+        The warning names the setting and its value, so an operator whose office NAT or load
+        balancer hits the per-address limit knows what to raise; a peer can repeat it with
+        every SYN, so it is rate limited (one line per 10 s, then a count)."""
         limits = self.limits
         if self._total >= limits.max_connections:
             self._refused_log.warning(
-                "refused connection from %s: %d connections open (max_connections)",
+                "refused %s connection from %s: limits.max_connections (%d) reached",
+                transport.value,
                 ip,
-                self._total,
+                limits.max_connections,
             )
             return False
         if self._per_ip.get(ip, 0) >= limits.max_connections_per_ip:
             self._refused_log.warning(
-                "refused connection from %s: max_connections_per_ip (%d) reached",
+                "refused %s connection from %s: limits.max_connections_per_ip (%d) reached "
+                "(raise it if many clients share this address: a NAT or a load balancer)",
+                transport.value,
                 ip,
                 limits.max_connections_per_ip,
             )
@@ -358,16 +422,48 @@ class FlowTable:
         self._schedule(conn)
         self._report_opened(conn.flow)
 
-    def open_udp(self, endpoint: UdpEndpoint, remote: Address, now: float) -> UdpFlowState:
+    def open_udp(self, endpoint: UdpEndpoint, remote: Address, now: float) -> UdpFlowState | None:
         """The first datagram from ``remote`` on ``endpoint``: a new UDP flow, reported opened
-        (the caller has checked that ``endpoint.flows`` has none for ``remote``)."""
+        (the caller has checked that ``endpoint.flows`` has none for ``remote``). At
+        ``max_udp_flows`` the least recently heard unbound flow is evicted first; None (not
+        tracked) when every tracked flow is bound."""
+        if self._udp_count >= self.limits.max_udp_flows and not self._evict_udp(endpoint):
+            self.udp_untracked += 1
+            self._udp_full_log.warning(
+                "UDP flow from %s not tracked: limits.max_udp_flows (%d) reached and every "
+                "tracked flow carries a binding; raise limits.max_udp_flows",
+                remote[0],
+                self.limits.max_udp_flows,
+            )
+            return None
         state = UdpFlowState(
             Flow(Transport.UDP, endpoint.local, remote, 0), now, self.limits.idle_flow_timeout
         )
         endpoint.flows[remote] = state
+        endpoint.unbound[remote] = state
+        self._udp_count += 1
         self._schedule(state)
         self._report_opened(state.flow)
         return state
+
+    def _evict_udp(self, endpoint: UdpEndpoint) -> bool:
+        """Make room for a new UDP flow on ``endpoint``: forget the unbound flow heard from least
+        recently, of this endpoint if it has one, else of another. False: all are bound."""
+        victim = endpoint
+        if not victim.unbound:
+            victim = next((ep for ep in self._udp.values() if ep.unbound), endpoint)
+            if not victim.unbound:
+                return False
+        _, state = victim.unbound.popitem(last=False)
+        self.udp_evicted += 1
+        self._udp_full_log.warning(
+            "limits.max_udp_flows (%d) reached: evicting the least recently heard UDP flow "
+            "without a binding (%s); raise limits.max_udp_flows if this is not a flood",
+            self.limits.max_udp_flows,
+            state.flow.remote[0],
+        )
+        self.end(state, CloseCause.EVICTED)
+        return True
 
     def adopt_udp(self, flow: Flow, idle_limit: float | None, now: float) -> bool:
         """Track a UDP flow known from before a restart (a stored binding's 5-tuple, which the
@@ -381,8 +477,12 @@ class FlowTable:
         state = endpoint.flows.get(flow.remote)
         if state is None:
             state = endpoint.flows[flow.remote] = UdpFlowState(flow, now, idle_limit)
+            self._udp_count += 1
         state.idle_limit = idle_limit
         state.explicit_limit = idle_limit is not None
+        # A stored binding's flow: bound, so never evicted (it may exceed max_udp_flows).
+        state.bound = True
+        endpoint.unbound.pop(flow.remote, None)
         self._schedule(state)
         return True
 
@@ -405,6 +505,9 @@ class FlowTable:
             endpoint = self._udp.get(flow.local)
             if endpoint is not None and endpoint.flows.get(flow.remote) is tracked:
                 del endpoint.flows[flow.remote]
+                self._udp_count -= 1
+                if endpoint.unbound.get(flow.remote) is tracked:
+                    del endpoint.unbound[flow.remote]
         if detail:
             logger.debug("flow %s closed: %s (%s)", flow.id, cause, detail)
         else:

@@ -199,7 +199,7 @@ async def _accept_loop(
                 await trio.sleep(0)
             continue
         ip = addr[0]
-        if not table.admit(ip):
+        if not table.admit(ip, transport):
             sock.close()
             continue
         try:

@@ -9,6 +9,9 @@ to an oversized one).
 Invariants: a UDP flow is the 5-tuple (our bound address, the source address); its first
 datagram reports ``on_flow_opened``; the flow table forgets it after its idle limit. The flow's
 local address is the listener's bound address (a wildcard socket gives ``0.0.0.0``/``::``).
+At most ``limits.max_udp_flows`` flows are tracked: a new source then evicts the unbound flow
+heard from least recently (``UdpEndpoint.unbound`` is in that order, kept O(1) per datagram);
+when every tracked flow is bound, the datagram is still handled, on a flow that is not tracked.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import socket
 import struct
 import sys
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import trio
 
-from sipserver.outbound.flow import Address
+from sipserver.outbound.flow import Address, Flow, Transport
 from sipserver.outbound.stun import binding_response, is_stun
 
 from .connection import UdpFlowState, deliver, logger
@@ -52,7 +56,7 @@ _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") e
 class UdpEndpoint:
     """One bound UDP socket and the flows that have used it."""
 
-    __slots__ = ("local", "family", "raw", "sock", "flows", "timestamps")
+    __slots__ = ("local", "family", "raw", "sock", "flows", "unbound", "pending", "timestamps")
 
     def __init__(self, raw: socket.socket) -> None:
         raw.setblocking(False)
@@ -69,6 +73,12 @@ class UdpEndpoint:
         name = raw.getsockname()
         self.local: Address = (name[0], name[1])
         self.flows: dict[Address, UdpFlowState] = {}
+        # The flows of ``flows`` that are not bound, least recently heard from first: the ones
+        # evicted when the table is full (limits.max_udp_flows).
+        self.unbound: OrderedDict[Address, UdpFlowState] = OrderedDict()
+        # While a datagram from a source the full table could not track is being handled: its
+        # state, so that a REGISTER binding it (``FlowTable.set_idle_limit``) makes it tracked.
+        self.pending: UdpFlowState | None = None
 
     async def sendto(self, data: bytes, remote: Address) -> None:
         """Send one datagram to an IP-literal address.
@@ -107,6 +117,7 @@ async def run_udp_endpoint(table: FlowTable, sink: MessageSink, endpoint: UdpEnd
     unpack = _TIMESPEC.unpack
     wall = time.time
     flows = endpoint.flows
+    touch = endpoint.unbound.move_to_end
     wait_readable = trio.lowlevel.wait_readable
     checkpoint = trio.lowlevel.checkpoint
     batch = 0
@@ -141,10 +152,19 @@ async def run_udp_endpoint(table: FlowTable, sink: MessageSink, endpoint: UdpEnd
         remote: Address = (addr[0], addr[1])
         now = trio.current_time()
         state = flows.get(remote)
+        untracked = None
         if state is None:
             state = table.open_udp(endpoint, remote, now)
+            if state is None:  # the table is full of bound flows: handled, not tracked
+                flow = Flow(Transport.UDP, endpoint.local, remote, 0)
+                state = untracked = UdpFlowState(flow, now, None)
         else:
             state.last_activity = now
+            if not state.bound:
+                try:
+                    touch(remote)  # now the most recently heard unbound flow
+                except KeyError:  # never expected; a listener must not die of it
+                    endpoint.unbound[remote] = state
         if not data:
             continue
         first = data[0]
@@ -157,8 +177,16 @@ async def run_udp_endpoint(table: FlowTable, sink: MessageSink, endpoint: UdpEnd
                 except OSError as exc:
                     logger.debug("cannot answer STUN from %s: %s", remote, exc)
                 else:
-                    table.report_keepalive(state.flow)
+                    if untracked is None:  # (an untracked flow is never reported closed)
+                        table.report_keepalive(state.flow)
             continue
         if first in _BLANK and not data.strip(_BLANK):
             continue  # CRLF keep-alive over UDP: activity only
-        await deliver(sink, state.flow, data)
+        if untracked is None:
+            await deliver(sink, state.flow, data)
+            continue
+        endpoint.pending = untracked
+        try:
+            await deliver(sink, state.flow, data)
+        finally:
+            endpoint.pending = None

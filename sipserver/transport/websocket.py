@@ -12,7 +12,12 @@
 - Sending: one text message when the bytes are valid UTF-8, else one binary message (WS-03).
 - Size: a message larger than ``max_message_size`` still goes to the sink (the parser answers
   513, the connection stays); only beyond four times that is the connection closed with 1009,
-  which bounds memory.
+  which bounds memory (wsproto hands frame payloads on as they arrive and buffers at most a
+  frame header or a control frame, 139 bytes, itself; empty fragments are not kept).
+- Time: as on TCP, a frame or fragmented message that has started must be complete within
+  ``partial_message_timeout`` seconds, else the connection is closed with 1008 ("partial message
+  timeout"): a peer dripping a frame cannot hold the connection and its buffer forever. Control
+  frames interleaved in a fragmented message do not restart the clock.
 
 The WebSocket protocol itself is wsproto's (sans-IO; the engine under trio-websocket): its
 H11Handshake for the upgrade, then its frame-level ``Connection``, fed by this module's reader
@@ -72,6 +77,7 @@ _CLOSE_TIMEOUT = 1.0
 # beyond it the connection is closed with 1009 so one peer cannot make us buffer without bound.
 _WS_HARD_LIMIT_FACTOR = 4
 _GOING_AWAY = 1001
+_POLICY_VIOLATION = 1008
 _TOO_BIG = 1009
 
 
@@ -159,8 +165,14 @@ async def handle_accepted_websocket(
                 cause = CloseCause.INTERNAL_ERROR
             finally:
                 table.end(conn, cause)
-                going_away = (conn.cause or cause) is CloseCause.SHUTDOWN
-                await _send_close(conn, _GOING_AWAY if going_away else 1000)
+                final = conn.cause or cause
+                if final is CloseCause.SHUTDOWN:
+                    code = _GOING_AWAY
+                elif final is CloseCause.PARTIAL_MESSAGE_TIMEOUT:
+                    code = _POLICY_VIOLATION
+                else:
+                    code = 1000
+                await _send_close(conn, code)
     except Exception:
         # A bug or an unexpected library error: it ends this connection, never the listener.
         logger.exception("WebSocket connection from %s failed", ip)
@@ -300,10 +312,13 @@ async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) ->
     raw = conn._raw
     receive = conn.stream.receive_some if raw is None else None
     hard_limit = _WS_HARD_LIMIT_FACTOR * table.limits.max_message_size
+    partial_timeout = table.limits.partial_message_timeout
     parts: list[str] | list[bytes] | None = None  # fragments of the message being received
     size = 0
     reads = 0
     handled = 0
+    # When the incomplete frame or message at the end of what was read began (0: none).
+    started = 0.0
     while True:
         if conn.cause is not None:
             return conn.cause
@@ -315,26 +330,46 @@ async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) ->
                 await trio.lowlevel.checkpoint()
             data = recv_nowait(raw, _RECV_SIZE)
             if data is None:
-                await trio.lowlevel.wait_readable(raw)
+                if started:
+                    with trio.move_on_at(started + partial_timeout) as scope:
+                        await trio.lowlevel.wait_readable(raw)
+                    if scope.cancelled_caught:
+                        return CloseCause.PARTIAL_MESSAGE_TIMEOUT
+                else:
+                    await trio.lowlevel.wait_readable(raw)
                 reads = 0
                 continue
+        elif started:
+            assert receive is not None
+            with trio.move_on_at(started + partial_timeout) as scope:
+                data = bytes(await receive(_RECV_SIZE))
+            if scope.cancelled_caught:
+                return CloseCause.PARTIAL_MESSAGE_TIMEOUT
         else:
             assert receive is not None
             data = bytes(await receive(_RECV_SIZE))
         if not data:
             return CloseCause.CLOSED_BY_PEER
-        conn.last_activity = trio.current_time()
+        now = conn.last_activity = trio.current_time()
         proto.receive_data(data)
         data = None  # an idle reader holds no copy of what it read
+        # Whether the bytes read ended inside a frame: wsproto reports every complete frame
+        # (and every piece of a data frame's payload) as an event, so a read that produced
+        # none ended in a frame header or a control frame; a message is open while ``parts``
+        # is. Trailing header bytes after a complete frame are seen on the next read.
+        events = False
+        completed = False
         for event in proto.events():
+            events = True
             kind = type(event)
             if kind is TextMessage or kind is BytesMessage:
                 assert isinstance(event, (TextMessage, BytesMessage))
                 if parts is None:
                     parts = []
                     size = 0
-                parts.append(event.data)  # type: ignore[arg-type]
-                size += len(event.data)
+                if event.data:  # empty fragments cost nothing to keep out of the list
+                    parts.append(event.data)  # type: ignore[arg-type]
+                    size += len(event.data)
                 if size > hard_limit:
                     await _send_control(table, conn, proto.send(CloseConnection(code=_TOO_BIG)))
                     return CloseCause.MESSAGE_TOO_LARGE
@@ -346,6 +381,7 @@ async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) ->
                 else:
                     payload = "".join(parts).encode("utf-8")  # type: ignore[arg-type]
                 parts = None
+                completed = True
                 if not payload.strip(_CRLF_ONLY):
                     # RFC 7118 + RFC 5626 §4.4.1 (WS-07, OB-CS-08): CRLF keep-alives never
                     # reach SIP.
@@ -378,3 +414,10 @@ async def _read_loop(table: FlowTable, sink: MessageSink, conn: WsConnection) ->
                 await _send_control(table, conn, proto.send(CloseConnection(code=event.code)))
                 table.end(conn, CloseCause.WEBSOCKET_PROTOCOL_ERROR, f"close code {event.code}")
                 return CloseCause.WEBSOCKET_PROTOCOL_ERROR
+        if parts is not None or not events:
+            if completed or not started:
+                started = now
+            elif now >= started + partial_timeout:  # bytes kept coming, the message never ended
+                return CloseCause.PARTIAL_MESSAGE_TIMEOUT
+        else:
+            started = 0.0
