@@ -69,6 +69,7 @@ from .transport.addresses import LocalAddresses
 from .transport.connection import warning_budget
 from .transport.errors import FlowGone
 from .transport.listeners import BoundListener, serve
+from .transport.startup import fit_limits
 from .transport.tls import make_server_context
 
 log = logging.getLogger("sipserver")
@@ -152,6 +153,7 @@ class Server:
         ssl_ctx = None
         if any(s.transport in ("tls", "wss") for s in cfg.server.listen):
             ssl_ctx = make_server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca or None, cfg.tls.min_version)
+        fit_limits(self.flows, cfg.limits)  # max_connections vs RLIMIT_NOFILE; max_udp_flows
         specs = list(cfg.server.listen)
         gc_was_enabled = gc.isenabled()
         try:
