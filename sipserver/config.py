@@ -1056,6 +1056,67 @@ class NatConfig:
     )
 
 
+def _ng_address(text: str) -> str:
+    """An rtpengine ng address, ``udp:HOST:PORT``, normalised (issue 18)."""
+    from sipserver.media.ng import parse_ng_address
+
+    return str(parse_ng_address(text))
+
+
+@attrs.frozen
+class MediaConfig:
+    """[media]: media anchoring through rtpengine (issue 18)."""
+
+    rtpengine: tuple[str, ...] = _opt(
+        (),
+        _List(_Str("udp:HOST:PORT", _ng_address)),
+        "rtpengine ng control addresses, `udp:HOST:PORT` (IPv6 in brackets), tried in order: the "
+        "next takes over when one stops answering. [] turns media anchoring off.",
+    )
+    anchor: str = _opt(
+        "auto",
+        _Choice(("auto", "always", "never")),
+        "Which calls go through rtpengine: `auto` when one party is a browser (WebRTC: WS/WSS, "
+        "or an RTP/SAVPF offer with ICE) and the other is not, or a plain phone is behind NAT; "
+        "`always` every call with SDP; `never` none.",
+    )
+    timeout: float = _opt(
+        0.5,
+        _Float(0.0, exclusive=True),
+        "Seconds to wait for rtpengine's reply to one try of an ng command.",
+    )
+    retransmissions: int = _opt(
+        2,
+        _Int(0, 10),
+        "How many times an unanswered ng command is sent again (same cookie) before the next "
+        "rtpengine is tried; a call setup waits at most timeout * (retransmissions + 1) per "
+        "rtpengine.",
+    )
+    dead_time: float = _opt(
+        30.0,
+        _Float(0.0),
+        "Seconds an rtpengine that did not answer is tried last (one try only).",
+    )
+    on_failure: str = _opt(
+        "reject",
+        _Choice(("reject", "pass")),
+        "When no rtpengine handles an offer: `reject` answers the INVITE, re-INVITE or UPDATE "
+        "503; `pass` forwards it with its SDP untouched. Responses and ACKs always pass. "
+        "Either way it is logged.",
+    )
+    session_timeout: float = _opt(
+        86400.0,
+        _Float(1.0),
+        "Seconds without signalling after which an answered, anchored call is deleted from "
+        "rtpengine (its BYE was lost); rtpengine ends calls without media by itself sooner.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Anchoring is on: an rtpengine is configured and anchor is not `never`."""
+        return bool(self.rtpengine) and self.anchor != "never"
+
+
 _SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("server", ServerConfig),
     ("tls", TlsConfig),
@@ -1069,6 +1130,7 @@ _SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("outbound", OutboundConfig),
     ("mgmt", MgmtConfig),
     ("nat", NatConfig),
+    ("media", MediaConfig),
 )
 
 
@@ -1088,6 +1150,7 @@ class Config:
     outbound: OutboundConfig = attrs.field(factory=OutboundConfig)
     mgmt: MgmtConfig = attrs.field(factory=MgmtConfig)
     nat: NatConfig = attrs.field(factory=NatConfig)
+    media: MediaConfig = attrs.field(factory=MediaConfig)
     # Mapping values are not hashable; users take no part in hashing.
     users: Mapping[str, UserEntry] = attrs.field(factory=dict, hash=False)
 
@@ -1295,6 +1358,10 @@ _SECTION_INTRO = {
     "outbound": "Flow-token keys (RFC 5626 §5.2).",
     "mgmt": "HTTP management API.",
     "nat": "Phones behind NAT that do not do SIP Outbound: server-sent keepalives (docs/nat.md).",
+    "media": (
+        "Media anchoring through rtpengine (its ng control protocol): browsers (DTLS-SRTP, ICE) "
+        "talking to plain RTP phones, and phones behind NAT. Off until `rtpengine` lists one."
+    ),
     "users": (
         "One `[users.NAME]` table per user, with `password` or precomputed HA1 values "
         "(at least one). HA1 values are computed with the realm the server uses "
