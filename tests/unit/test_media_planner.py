@@ -19,9 +19,9 @@ from sipserver.media.planner import (
     decide,
     flags_towards,
 )
-from sipserver.media.sdp import summarize
+from sipserver.media.sdp import SdpSummary, summarize
 from sipserver.outbound.flow import Flow, Transport
-from sipserver.sip import make_request
+from sipserver.sip import Request, make_request
 
 WEBRTC_SDP = summarize(
     b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
@@ -29,7 +29,7 @@ WEBRTC_SDP = summarize(
 )
 
 
-def plain_sdp(address: str) -> object:
+def plain_sdp(address: str) -> SdpSummary | None:
     return summarize(f"v=0\r\no=- 1 1 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n".encode())
 
 
@@ -43,7 +43,7 @@ NAT_PHONE = Leg(Transport.UDP, ("203.0.113.5", 40112), contact_host="192.168.1.1
 
 
 def test_browser_calls_a_desk_phone() -> None:
-    caller, callee = classify(BROWSER, WEBRTC_SDP), classify(LAN_PHONE_A)  # type: ignore[arg-type]
+    caller, callee = classify(BROWSER, WEBRTC_SDP), classify(LAN_PHONE_A)
     assert caller.profile is MediaProfile.WEBRTC and callee.profile is MediaProfile.PLAIN
     decision = decide(AnchorMode.AUTO, caller, callee)
     assert decision.anchor and "webrtc caller" in decision.reason
@@ -60,7 +60,7 @@ def test_browser_calls_a_desk_phone() -> None:
 
 
 def test_desk_phone_calls_a_browser() -> None:
-    caller, callee = classify(LAN_PHONE_A, plain_sdp("10.0.0.5")), classify(BROWSER)  # type: ignore[arg-type]
+    caller, callee = classify(LAN_PHONE_A, plain_sdp("10.0.0.5")), classify(BROWSER)
     assert decide(AnchorMode.AUTO, caller, callee).anchor
     offer = flags_towards(callee.profile, caller, offer=True)
     assert offer.transport_protocol == "UDP/TLS/RTP/SAVPF"
@@ -74,13 +74,13 @@ def test_desk_phone_calls_a_browser() -> None:
 
 def test_webrtc_style_sdp_over_tls_counts_as_a_browser() -> None:
     softphone = Leg(Transport.TLS, ("198.51.100.30", 5061), contact_host="198.51.100.30")
-    view = classify(softphone, WEBRTC_SDP)  # type: ignore[arg-type]
+    view = classify(softphone, WEBRTC_SDP)
     assert view.profile is MediaProfile.WEBRTC and "WebRTC-style SDP" in view.why
     assert decide(AnchorMode.AUTO, view, classify(LAN_PHONE_A)).anchor
 
 
 def test_two_phones_on_one_lan_are_not_anchored() -> None:
-    caller, callee = classify(LAN_PHONE_A, plain_sdp("10.0.0.5")), classify(LAN_PHONE_B)  # type: ignore[arg-type]
+    caller, callee = classify(LAN_PHONE_A, plain_sdp("10.0.0.5")), classify(LAN_PHONE_B)
     assert not caller.behind_nat and not callee.behind_nat
     decision = decide(AnchorMode.AUTO, caller, callee)
     assert not decision.anchor and decision.reason == "both plain, no NAT"
@@ -88,12 +88,12 @@ def test_two_phones_on_one_lan_are_not_anchored() -> None:
 
 def test_two_browsers_are_not_anchored() -> None:
     other = Leg(Transport.WS, ("192.0.2.99", 40000), contact_host="abc.invalid")
-    caller, callee = classify(BROWSER, WEBRTC_SDP), classify(other)  # type: ignore[arg-type]
+    caller, callee = classify(BROWSER, WEBRTC_SDP), classify(other)
     assert not decide(AnchorMode.AUTO, caller, callee).anchor
 
 
 def test_natted_phone_is_anchored_in_auto() -> None:
-    caller = classify(NAT_PHONE, plain_sdp("192.168.1.10"))  # type: ignore[arg-type]
+    caller = classify(NAT_PHONE, plain_sdp("192.168.1.10"))
     assert caller.behind_nat and "192.168.1.10 behind 203.0.113.5" in caller.why
     decision = decide(AnchorMode.AUTO, caller, classify(LAN_PHONE_B))
     assert decision.anchor and "caller behind NAT" in decision.reason
@@ -109,7 +109,7 @@ def test_natted_phone_is_anchored_in_auto() -> None:
 def test_nat_evidence() -> None:
     src = ("203.0.113.5", 5060)
     # the SDP c= address alone
-    assert classify(Leg(Transport.UDP, src), plain_sdp("192.168.1.10")).behind_nat  # type: ignore[arg-type]
+    assert classify(Leg(Transport.UDP, src), plain_sdp("192.168.1.10")).behind_nat
     # the Contact host alone
     assert classify(Leg(Transport.TCP, src, contact_host="192.168.1.10")).behind_nat
     # an implicit flow whose contact we do not know
@@ -117,12 +117,12 @@ def test_nat_evidence() -> None:
     # an implicit flow whose contact is its source: a phone on a LAN without outbound
     assert not classify(Leg(Transport.UDP, src, contact_host="203.0.113.5", implicit=True)).behind_nat
     # proofs of nothing: 0.0.0.0 (hold), host names, the same address, IPv4-mapped IPv6
-    assert not classify(Leg(Transport.UDP, src), plain_sdp("0.0.0.0")).behind_nat  # type: ignore[arg-type]
+    assert not classify(Leg(Transport.UDP, src), plain_sdp("0.0.0.0")).behind_nat
     assert not classify(Leg(Transport.UDP, src, contact_host="pbx.example.com")).behind_nat
     assert not classify(Leg(Transport.UDP, ("::ffff:203.0.113.5", 5060), contact_host="203.0.113.5")).behind_nat
     # a leg behind another proxy or trunk: its addresses say nothing about NAT
     trunk = Leg(Transport.UDP, ("192.0.2.1", 5060), contact_host="10.1.1.1", direct=False)
-    assert not classify(trunk, plain_sdp("10.1.1.1")).behind_nat  # type: ignore[arg-type]
+    assert not classify(trunk, plain_sdp("10.1.1.1")).behind_nat
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_modes(mode: AnchorMode, caller: Leg, callee: Leg, anchored: bool) -> No
 
 
 def test_two_browsers_anchored_always_keep_webrtc_flags() -> None:
-    caller = classify(BROWSER, WEBRTC_SDP)  # type: ignore[arg-type]
+    caller = classify(BROWSER, WEBRTC_SDP)
     offer = flags_towards(MediaProfile.WEBRTC, caller, offer=True)
     assert offer.transport_protocol is None  # already UDP/TLS/RTP/SAVPF
     assert (offer.ice, offer.dtls, offer.rtcp_mux) == ("force", "passive", ("offer", "require"))
@@ -160,7 +160,7 @@ def test_ipv6_sender() -> None:
 # ------------------------------------------------------------------------------ legs
 
 
-def _invite(vias: int, contact: str | None) -> object:
+def _invite(vias: int, contact: str | None) -> Request:
     headers = [("Via", f"SIP/2.0/UDP 10.0.0.{i}:5060;branch=z9hG4bK{i}") for i in range(vias)]
     headers += [("From", "<sip:a@example.com>;tag=1"), ("To", "<sip:b@example.com>"), ("Call-ID", "x"), ("CSeq", "1 INVITE")]
     if contact is not None:
@@ -170,13 +170,13 @@ def _invite(vias: int, contact: str | None) -> object:
 
 def test_leg_of_a_request_sender() -> None:
     flow = Flow(Transport.UDP, ("192.0.2.1", 5060), ("203.0.113.5", 40112))
-    leg = Leg.sender(_invite(1, "<sip:a@192.168.1.10:5060>"), flow)  # type: ignore[arg-type]
+    leg = Leg.sender(_invite(1, "<sip:a@192.168.1.10:5060>"), flow)
     assert leg == Leg(Transport.UDP, ("203.0.113.5", 40112), "192.168.1.10", False, True)
-    via_proxy = Leg.sender(_invite(2, "<sip:a@192.168.1.10>"), flow)  # type: ignore[arg-type]
+    via_proxy = Leg.sender(_invite(2, "<sip:a@192.168.1.10>"), flow)
     assert not via_proxy.direct
-    assert Leg.sender(_invite(1, None), flow).contact_host is None  # type: ignore[arg-type]
-    assert Leg.sender(_invite(1, "<sip:a@[2001:db8::1]>"), flow).contact_host == "2001:db8::1"  # type: ignore[arg-type]
-    broken = Leg.sender(_invite(1, "<<<broken"), flow)  # type: ignore[arg-type]
+    assert Leg.sender(_invite(1, None), flow).contact_host is None
+    assert Leg.sender(_invite(1, "<sip:a@[2001:db8::1]>"), flow).contact_host == "2001:db8::1"
+    broken = Leg.sender(_invite(1, "<<<broken"), flow)
     assert broken.contact_host is None and broken.direct
 
 
