@@ -58,6 +58,9 @@ __all__ = ["MediaError", "MediaUnavailable", "NgClient", "NgCommandError", "open
 
 log = logging.getLogger("sipserver.media")
 
+# The largest UDP payload over IPv4; a bigger request could never be sent.
+MAX_REQUEST = 65507
+
 
 class MediaError(Exception):
     """The media layer's one exception family."""
@@ -84,6 +87,7 @@ class _Server:
     address: NgAddress
     sock: Any = None  # trio.socket.SocketType once connected
     dead_until: float = -math.inf
+    lock: trio.Lock = attrs.field(factory=trio.Lock)  # one socket, even for concurrent first uses
 
     def dead(self, now: float) -> bool:
         return now < self.dead_until
@@ -111,6 +115,8 @@ class NgClient:
         if timeout <= 0 or retransmissions < 0 or dead_time < 0:
             raise ValueError("timeout must be > 0, retransmissions and dead_time >= 0")
         self.servers = [_Server(s if isinstance(s, NgAddress) else parse_ng_address(s)) for s in servers]
+        # Every server a command was routed to, configured or not (a call outlives a reload).
+        self._known = {s.address: s for s in self.servers}
         self.timeout = timeout
         self.tries = retransmissions + 1
         self.dead_time = dead_time
@@ -142,7 +148,7 @@ class NgClient:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
-            for server in self.servers:
+            for server in self._known.values():
                 if server.sock is not None:
                     server.sock.close()
                     server.sock = None
@@ -155,6 +161,12 @@ class NgClient:
             return server.sock
         if self._nursery is None:
             raise RuntimeError("NgClient is not running: start it with nursery.start(client.run)")
+        async with server.lock:
+            if server.sock is None:
+                await self._connect(server, self._nursery)
+        return server.sock
+
+    async def _connect(self, server: _Server, nursery: trio.Nursery) -> None:
         addr = server.address
         try:
             infos = await trio.socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_DGRAM)
@@ -167,10 +179,9 @@ class NgClient:
                 raise
         except (OSError, IndexError) as exc:
             log.warning("media: cannot reach rtpengine %s: %s", addr, exc)
-            return None
+            return
         server.sock = sock
-        self._nursery.start_soon(self._reader, server, sock)
-        return sock
+        nursery.start_soon(self._reader, server, sock)
 
     # ------------------------------------------------------------------ replies
     async def _reader(self, server: _Server, sock: Any) -> None:
@@ -209,10 +220,10 @@ class NgClient:
         """(server, tries) in the order to try them."""
         now = trio.current_time()
         if command.server is not None:
-            for server in self.servers:
-                if server.address == command.server:
-                    return [(server, 1 if server.dead(now) else self.tries)]
-            return [(_Server(command.server), self.tries)]  # no longer configured: still ask it
+            server = self._known.get(command.server)
+            if server is None:  # no longer configured (a reload): the call is still there
+                server = self._known[command.server] = _Server(command.server)
+            return [(server, 1 if server.dead(now) else self.tries)]
         alive = [(s, self.tries) for s in self.servers if not s.dead(now)]
         dead = sorted((s for s in self.servers if s.dead(now)), key=lambda s: s.dead_until)
         return alive + [(s, 1) for s in dead]
@@ -242,7 +253,7 @@ class NgClient:
         while cookie in self._pending:
             cookie = new_cookie()
         request = NgRequest.build(command, cookie)
-        if len(request.data) > MAX_DATAGRAM:
+        if len(request.data) > MAX_REQUEST:
             return NgUnavailable(f"{describe(command)} is {len(request.data)} bytes, more than one datagram")
         sock = await self._socket(server)
         if sock is None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from typing import Protocol
 
 import attrs
 
@@ -42,6 +43,7 @@ from .sdp import SdpSummary
 __all__ = [
     "AnchorDecision",
     "AnchorMode",
+    "BindingLike",
     "Leg",
     "LegView",
     "MediaProfile",
@@ -67,6 +69,17 @@ class MediaProfile(enum.Enum):
     PLAIN = "plain"  # RTP/AVP (or SDES RTP/SAVP), no ICE
 
 
+class BindingLike(Protocol):
+    """What ``Leg.target`` reads of a ``sipserver.registrar.binding.Binding``."""
+
+    @property
+    def contact_uri(self) -> str: ...
+    @property
+    def outbound(self) -> bool: ...
+    @property
+    def flow_token(self) -> str | None: ...
+
+
 @attrs.frozen
 class Leg:
     """One party of a call as the proxy sees it.
@@ -87,6 +100,17 @@ class Leg:
         cls, flow: Flow, *, contact_host: str | None = None, implicit: bool = False, direct: bool = True
     ) -> Leg:
         return cls(flow.transport, flow.remote, contact_host, implicit, direct)
+
+    @classmethod
+    def target(cls, flow: Flow, binding: BindingLike | None = None, *, direct: bool = True) -> Leg:
+        """The callee side of a branch going down ``flow``. ``binding``: the registrar's binding
+        the branch came from (its Contact host; an implicit flow when it is ours without
+        outbound; a binding behind another proxy's Path is not ``direct``). Without one (a Route
+        token in a dialog, a trunk), ``direct`` says whether the peer is the party itself."""
+        if binding is None:
+            return cls(flow.transport, flow.remote, None, False, direct)
+        ours = binding.flow_token is not None
+        return cls(flow.transport, flow.remote, contact_host(binding.contact_uri), ours and not binding.outbound, ours)
 
     @classmethod
     def sender(cls, request: Request, flow: Flow) -> Leg:

@@ -10,10 +10,11 @@ How the proxy uses it (every call returns None when the message is none of media
 
     media = MediaSessions(MediaSettings.from_section(cfg.media), metrics)
 
-    # 1. A request about to go down a branch: INVITE (initial or re-INVITE), UPDATE, ACK with
-    #    SDP (late offer), BYE, CANCEL. ``out`` is the branch's own copy, with our Via on top;
-    #    ``source`` the sender (``Leg.sender(request_as_received, arrival_flow)``), ``target``
-    #    the branch's destination (``Leg.from_flow(flow, contact_host=..., implicit=...)``).
+    # 1. A request about to go down a branch: INVITE (initial or re-INVITE), UPDATE, PRACK or
+    #    ACK with SDP (late offer), BYE. ``out`` is the branch's own copy, with our Via on top
+    #    (its branch is the fork's via-branch); ``source`` the sender
+    #    (``Leg.sender(request_as_received, arrival_flow)``), ``target`` the branch's
+    #    destination (``Leg.target(flow, dest.binding, direct=...)``).
     step = media.on_request(out, source, target, now=now)
     if step is not None:
         outcome = step.finish(await ng_client.execute(step.command))  # edits ``out`` in place
@@ -27,9 +28,12 @@ How the proxy uses it (every call returns None when the message is none of media
     if step is not None:
         step.finish(await ng_client.execute(step.command))  # never rejects: a response passes
 
-    # 3. Timers: calls whose BYE never came (media.session_timeout), or whose INVITE never got
+    # 3. CANCEL (RFC 3261 §9.2): ``media.on_cancel(call_id)`` (or on_request with the CANCEL).
+    # 4. Timers: calls whose BYE never came (media.session_timeout), or whose INVITE never got
     #    a final response.
     media.next_deadline(); for step in media.handle_timer(now): ... execute, finish
+
+A DELETE step changes no message: send it without holding the BYE or the response back.
 
 Rules:
 - Offer on INVITE, re-INVITE and UPDATE with SDP; answer on 18x/2xx with SDP. Late offer: an

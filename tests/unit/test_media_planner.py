@@ -186,3 +186,28 @@ def test_leg_from_flow_and_contact_host() -> None:
     assert contact_host("sip:bob@10.0.0.5:5062;transport=udp") == "10.0.0.5"
     assert contact_host("tel:+123") is None
     assert contact_host("nonsense") is None
+
+
+def test_leg_of_a_branch_target_from_its_binding() -> None:
+    from sipserver.registrar.binding import Binding, BindingKey
+    from sipserver.sip import parse_sip_uri
+
+    flow = Flow(Transport.UDP, ("192.0.2.1", 5060), ("203.0.113.5", 40112))
+    contact = "sip:bob@192.168.1.10:5060"
+
+    def binding(flow_token: str | None = None, outbound: bool = False) -> Binding:
+        key = BindingKey.for_contact("sip:bob@example.com", parse_sip_uri(contact))
+        return Binding(
+            key=key, aor="sip:bob@example.com", contact_uri=contact, expires_at=2000.0, call_id="cid", cseq=1,
+            flow_token=flow_token, outbound=outbound,
+        )
+
+    implicit = Leg.target(flow, binding(flow_token="tok"))
+    assert implicit == Leg(Transport.UDP, ("203.0.113.5", 40112), "192.168.1.10", True, True)
+    assert classify(implicit).behind_nat
+    outbound = Leg.target(flow, binding(flow_token="tok", outbound=True))
+    assert not outbound.implicit and outbound.direct and classify(outbound).behind_nat
+    external = Leg.target(flow, binding())  # behind another proxy's Path: no token of ours
+    assert not external.direct and not classify(external).behind_nat
+    assert Leg.target(flow) == Leg(Transport.UDP, ("203.0.113.5", 40112))
+    assert not Leg.target(flow, direct=False).direct

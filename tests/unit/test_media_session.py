@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipserver.media.metrics import MediaMetrics
 from sipserver.media.ng import NgAddress, NgError, NgOk, NgUnavailable
@@ -22,7 +24,7 @@ from sipserver.media.session import (
     Verdict,
 )
 from sipserver.outbound.flow import Transport
-from sipserver.sip import Request, Response, make_request, make_response
+from sipserver.sip import Request, Response, make_request, make_response, parse_message
 
 T0 = 1000.0
 CALLER_VIA = "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKcaller"
@@ -526,8 +528,6 @@ def test_metrics_rows() -> None:
 def test_a_parsed_message_is_rewritten_on_the_wire() -> None:
     """A received message serialises from its raw bytes until edited: the new body and its
     Content-Length (compact ``l`` here) must both reach the wire."""
-    from sipserver.sip import parse_message
-
     raw = (
         b"INVITE sip:bob@10.0.0.6 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKp\r\n"
         b"Via: " + CALLER_VIA.encode() + b"\r\nFrom: <sip:a@x>;tag=A\r\nTo: <sip:b@x>\r\n"
@@ -545,3 +545,76 @@ def test_a_parsed_message_is_rewritten_on_the_wire() -> None:
     again = parse_message(wire)
     assert again.body == b"v=0\r\nNEW\r\n" and again.header("content-length") == "10"
     assert wire.count(b"l: ") + wire.count(b"Content-Length: ") == 1
+
+
+# ------------------------------------------------------------------------------ any order
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["invite", "reinvite", "update", "ack", "prack", "bye", "cancel", "resp", "timer"]),
+        st.sampled_from(["z9hG4bKb1", "z9hG4bKb2"]),  # fork
+        st.sampled_from([None, "B", "C"]),  # to-tag
+        st.sampled_from([100, 180, 183, 200, 202, 408, 486, 491]),
+        st.booleans(),  # with SDP
+        st.sampled_from(["ok", "error", "unavailable", "nosdp"]),  # what rtpengine does
+        st.booleans(),  # the sender is the caller
+    ),
+    max_size=25,
+)
+RESULTS = {
+    "ok": ok(),
+    "error": NgError("error", "nope", RTPENGINE),
+    "unavailable": NgUnavailable("down"),
+    "nosdp": NgOk("ok", None),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(EVENTS, st.sampled_from(list(FailurePolicy)), st.sampled_from(list(AnchorMode)))
+def test_any_event_order_is_handled(events: list[tuple[object, ...]], policy: FailurePolicy, mode: AnchorMode) -> None:
+    """Whatever order SIP events come in (retransmissions, strays, races with CANCEL), the state
+    machine never raises, issues only ping-free ng commands of the right shape, keeps at most one
+    record per Call-ID and ends with no timer for a call it forgot."""
+    media = sessions(on_failure=policy, mode=mode)
+    now = T0
+    last: Request | None = None
+    for kind, branch, to_tag, status, with_sdp, result, from_caller in events:
+        now += 1.0
+        body = (WEBRTC_SDP if from_caller else CALLEE_SDP) if with_sdp else b""
+        src, dst = (BROWSER, PHONE) if from_caller else (PHONE, BROWSER)
+        tags = {"from_tag": "A", "to_tag": to_tag} if from_caller else {"from_tag": to_tag or "B", "to_tag": "A"}
+        step: MediaStep | None
+        if kind == "timer":
+            steps = media.handle_timer(now + 10**6)
+            assert all(s.kind is StepKind.DELETE for s in steps)
+            for s in steps:
+                s.finish(RESULTS[result])  # type: ignore[arg-type]
+            assert len(media) == 0 and media.next_deadline() is None
+            continue
+        if kind == "resp":
+            if last is None:
+                continue
+            resp = response(last, status, to_tag, body)
+            step = media.on_response(resp, now=now)
+        else:
+            method = {"invite": "INVITE", "reinvite": "INVITE", "update": "UPDATE", "ack": "ACK", "prack": "PRACK", "bye": "BYE", "cancel": "CANCEL"}[kind]  # type: ignore[index]
+            if kind == "invite":
+                tags = {"from_tag": "A", "to_tag": None}
+            req = request(method, body=body, branch=branch, cseq=int(now) if kind in ("reinvite", "update", "bye") else 1, **tags)  # type: ignore[arg-type]
+            step = media.on_request(req, src, dst, now=now)
+            if method in ("INVITE", "UPDATE"):
+                last = req
+        assert len(media) <= 1
+        if step is None:
+            continue
+        assert step.command.name in ("offer", "answer", "delete")
+        assert step.command.call_id == "call-1"
+        if step.command.name != "delete":
+            assert isinstance(step.command.params["sdp"], bytes) and step.command.params["from-tag"]
+        if step.command.name == "answer":
+            assert step.command.params["to-tag"]
+        outcome = step.finish(RESULTS[result])  # type: ignore[arg-type]
+        if outcome.reject:
+            assert policy is FailurePolicy.REJECT and step.kind is StepKind.OFFER
+    if len(media) == 0:
+        assert media.next_deadline() is None
