@@ -15,26 +15,22 @@ import trio
 
 class Clock:
     def __init__(self) -> None:
-        self._offset: float | None = None
+        #: Monotonic seconds: transactions, response contexts, flows, nonces, rate limits.
+        self.now = trio.current_time
+        self._offset = 0.0
+        try:
+            self.start()
+        except RuntimeError:  # built outside trio.run: ``start`` is called again by the server
+            pass
 
     def start(self) -> None:
         """Fix the wall-clock offset (inside ``trio.run``)."""
         self._offset = time.time() - trio.current_time()
 
-    def now(self) -> float:
-        """Monotonic seconds: transactions, response contexts, flows, nonces, rate limits."""
-        return trio.current_time()
-
     def wall(self) -> float:
         """Seconds since the epoch, derived from ``now``: binding expiry (RFC 3261 §10.3)."""
-        if self._offset is None:
-            self.start()
-        assert self._offset is not None
         return trio.current_time() + self._offset
 
     def from_wall(self, wall: float) -> float:
         """The monotonic time at which the wall clock reads ``wall``."""
-        if self._offset is None:
-            self.start()
-        assert self._offset is not None
         return wall - self._offset

@@ -264,12 +264,16 @@ def parse_listen(spec: str) -> ListenSpec:
     def bad(why: str) -> ConfigError:
         return ConfigError(f"bad listen spec {_show(spec)}: {why}")
 
-    main, semi, option = spec.strip().partition(";")
+    # The option is the last ``;`` segment when it names ``advertise``; a WebSocket path may
+    # itself hold ``;`` (RFC 3986 path parameters), so any other ``;`` stays in the spec.
+    main, semi, option = spec.strip().rpartition(";")
+    if not semi or option.split("=", 1)[0].strip().lower() != "advertise":
+        main, semi, option = spec.strip(), "", ""
     adv_host, adv_port = "", None
     if semi:
         name, eq, value = option.partition("=")
-        if name.strip().lower() != "advertise" or not eq or not value.strip():
-            raise bad("the only option is ;advertise=HOST[:PORT]")
+        if not eq or not value.strip():
+            raise bad("advertise needs a value: ;advertise=HOST[:PORT]")
         try:
             if value.strip().startswith("[") or value.count(":") == 1:
                 adv_host, port_text, tail = _split_host_port(value.strip())

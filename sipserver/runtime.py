@@ -103,21 +103,21 @@ class Server:
         self.flows = parts.flow_table(cfg)
         self.gate = parts.auth_gate(cfg, key, self.stats)
         self.auth_enabled = self.gate is not None
+        self.listeners: list[BoundListener] = []
+        self.addresses = LocalAddresses(self.identity, cfg.server.advertise)
+        self.udp_local = self.addresses.udp_local
+        self.local_uri = self.addresses.uri
+        self.via_for = self.addresses.via
         p = cfg.proxy
         self.core = ProxyCore(
             ProxySettings(p.record_route, frozenset(p.relay_domains), cfg.auth.trust_registered_flows, cfg.server.server_header),
-            self.identity, self.codec, self.store, self.gate, self.flows.is_alive,
+            self.identity, self.codec, self.store, self.gate, self.flows.is_alive, self.addresses.uri,
         )
         self.forwarder = Forwarder(self)
         self.limiter = parts.rate_limiter(cfg)
         self.shedder = Shedder(cfg.limits.overload_queue_delay)
         self.nat = NatKeepalive(cfg.nat.keepalive_interval, cfg.nat.keepalive_failures)
         self.nat_keeper = NatKeeper(self)
-        self.listeners: list[BoundListener] = []
-        self.addresses = LocalAddresses(self.identity, cfg.server.advertise)
-        self.udp_local = self.addresses.udp_local
-        self.local_uri = self.addresses.uri
-        self.via_for = self.addresses.via
         self.nursery: trio.Nursery | None = None
         self.started_at = time.time()
         self._timer_scope: trio.CancelScope | None = None
@@ -369,7 +369,7 @@ class Server:
         self.wake_timer(txn.next_deadline())
         if method == "INVITE":
             await self.respond(txn, self.core.response(req, 100))
-        decision = self.core.handle(req, flow, now, self.clock.wall(), self.local_uri(flow))
+        decision = self.core.handle(req, flow, now, self.clock.wall())
         if isinstance(decision, Reply):
             await self.respond(txn, self.core.response(req, decision.status, decision.reason, decision.headers))
         elif isinstance(decision, Register):

@@ -79,7 +79,7 @@ class Histogram:
 
 def close_label(cause: CloseCause | str) -> str:
     """The metric label for a flow-close cause (``CloseCause.label``): ``closed``,
-    ``keepalive_timeout``, ``idle_timeout``, ``server_closed`` or ``error``. A text that is no
+    ``keepalive_timeout``, ``idle_timeout``, ``server_closed``, ``evicted`` (an idle UDP flow dropped at ``limits.max_udp_flows``) or ``error``. A text that is no
     cause's (from an older caller) counts as ``error``."""
     if not isinstance(cause, CloseCause):
         try:

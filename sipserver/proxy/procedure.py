@@ -87,6 +87,7 @@ class Forward:
 
 
 Decision = Reply | Register | Forward
+_REGISTER_OPEN = Register(None)
 _UNAVAILABLE = Reply(480, "Temporarily Unavailable")
 
 
@@ -118,6 +119,7 @@ class ProxyCore:
     store: LocationStore
     gate: AuthGate | None
     flow_alive: Callable[[Flow], bool]
+    local_uri: Callable[[Flow], SipURI]  # our URI on a flow's listener (Record-Route)
     # Flow token of a dead flow -> the outbound binding (AoR, instance, reg-id) it carried, so
     # a dialog survives the phone reconnecting (``_replacement``). Bounded: an attacker can
     # make flows die, not make this table grow.
@@ -141,9 +143,8 @@ class ProxyCore:
             return None
 
     # ------------------------------------------------------------------ new requests
-    def handle(self, req: Request, arrival: Flow, now: float, wall: float, local_rr: SipURI) -> Decision:
-        """The decision for a new request (not ACK, not CANCEL). ``local_rr`` is our URI on the
-        arrival flow's listener, for the caller's Record-Route."""
+    def handle(self, req: Request, arrival: Flow, now: float, wall: float) -> Decision:
+        """The decision for a new request (not ACK, not CANCEL)."""
         uri = req.uri
         if not isinstance(uri, SipURI):
             return Reply(416, f"Unsupported URI Scheme ({uri.scheme})")
@@ -162,11 +163,11 @@ class ProxyCore:
                 reason = f"Method Not Allowed ({req.method} addressed to the server)"
                 return Reply(405, reason, (("Allow", "OPTIONS, REGISTER"),))
             return Reply(501, f"Not Implemented ({req.method})", (("Allow", ALLOW),))
-        return self._proxy(req, arrival, now, wall, local_rr)
+        return self._proxy(req, arrival, now, wall)
 
     def _register(self, req: Request, arrival: Flow, now: float) -> Decision:
         if self.gate is None:
-            return Register(None)
+            return _REGISTER_OPEN
         user = self.gate.check(req, arrival.remote[0], now, register=True)
         if isinstance(user, Refusal):
             return _reply(user)
@@ -175,7 +176,7 @@ class ProxyCore:
             return Reply(403, "Forbidden (authenticated user does not match To)")
         return Register(user)
 
-    def _proxy(self, req: Request, arrival: Flow, now: float, wall: float, local_rr: SipURI) -> Decision:
+    def _proxy(self, req: Request, arrival: Flow, now: float, wall: float) -> Decision:
         mf = check_max_forwards(req)
         if mf is None:
             return Reply(483, "Too Many Hops")
@@ -200,7 +201,7 @@ class ProxyCore:
         caller_rr = None
         if self.settings.record_route and is_dialog_creating(req):
             ob = client_wants_outbound(req) or self._flow_registered(arrival)
-            caller_rr = self.record_route(req, local_rr, arrival, ob=ob)
+            caller_rr = self.record_route(req, self.local_uri(arrival), arrival, ob=ob)
         return Forward(req, group_targets(dests), caller_rr)
 
     def record_route(self, req: Request, local: SipURI, flow: Flow, *, ob: bool) -> str:

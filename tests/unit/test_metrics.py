@@ -106,7 +106,7 @@ def test_close_causes_fold_into_few_labels(cause: str, label: str) -> None:
 def test_every_close_cause_folds_into_a_known_label() -> None:
     """The transport reports ``CloseCause`` members; each carries its label, and its text is
     what the log lines and the /stats counts show."""
-    labels = {"closed", "keepalive_timeout", "idle_timeout", "server_closed", "error"}
+    labels = {"closed", "keepalive_timeout", "idle_timeout", "server_closed", "error", "evicted"}
     for cause in CloseCause:
         assert close_label(cause) == cause.label in labels
         assert "%s" % cause == cause.value and CloseCause(cause.value) is cause
