@@ -10,7 +10,11 @@ Invariants:
   a transport failure at once (RFC 5626 §7: an internal 430), so failover does not wait for a
   timer.
 - Only opening a connection or resolving a name runs in a task of its own; everything else runs
-  in the task of the message that caused it.
+  in the task of the message that caused it, except waiting for rtpengine (issue 18): a branch
+  whose offer goes to rtpengine, and a response or ACK whose SDP does, wait in their call's
+  media lane (``media_glue``), never in the reading task.
+- Media never hangs a transaction: an offer no rtpengine took fails its branch with 503
+  (media.on_failure = reject) or goes on untouched (pass) within the ng client's time budget.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .media import Leg, MediaStep, StepKind
 from .outbound.flow import Flow, Transport
 from .proxy.context import (
     AbandonBranch,
@@ -40,7 +45,7 @@ from .proxy.routing import transport_for_uri
 from .proxy.targets import Dest, build_branch_request, must_wait, new_branch_id
 from .registrar import Delete
 from .registrar import RemovalCause as StoreRemoval
-from .sip import Request, Response, make_cancel
+from .sip import ParseError, Request, Response, make_cancel
 from .transaction import (
     DeliverResponse,
     InviteClientTransaction,
@@ -57,7 +62,18 @@ from .transport.errors import ConnectFailed, FlowGone
 if TYPE_CHECKING:
     from .runtime import Server
 
+
+def _top_branch(msg: Response) -> str | None:
+    try:
+        return msg.top_via.branch
+    except ParseError:
+        return None
+
 proxy_log = logging.getLogger("sipserver.proxy")
+media_log = logging.getLogger("sipserver.media")
+
+# The status line of a branch whose offer no rtpengine took (media.on_failure = reject).
+MEDIA_REJECT_REASON = "Service Unavailable (media relay unavailable)"
 
 ClientTransaction = InviteClientTransaction | NonInviteClientTransaction
 ServerTransaction = InviteServerTransaction | NonInviteServerTransaction
@@ -73,6 +89,9 @@ class ProxyJob:
     context: ResponseContext
     caller_rr: str | None
     branches: dict[int, Branch] = attrs.field(factory=dict)
+    # issue 18: the 503 a branch got because no rtpengine took its offer (the context turns a
+    # 503 into 500, RFC 3261 §16.7; this one is ours, so the caller gets it as it is)
+    media_rejects: dict[str, Response] = attrs.field(factory=dict)  # by its To tag
 
 
 @attrs.define(eq=False)
@@ -110,7 +129,11 @@ class Forwarder:
         """RFC 3261 §16.10: the CANCEL was answered 200 hop by hop; cancel the pending branches."""
         job = invite_txn.owner
         if isinstance(job, ProxyJob):
-            await self._run_context(job, job.context.on_cancel(self.server.clock.now()))
+            actions = job.context.on_cancel(self.server.clock.now())
+            media = self.server.media
+            if media is not None and job.context.cancelled:
+                media.on_cancel(job.request.call_id)  # RFC 3261 §9.2: delete, in the background
+            await self._run_context(job, actions)
 
     def server_txn_ended(self, txn: ServerTransaction) -> None:
         job = txn.owner
@@ -146,13 +169,21 @@ class Forwarder:
             except (ConnectFailed, FlowGone):
                 return
         out = build_branch_request(req, dest, s.via_for(target, new_branch_id(req)), None)
-        await s.send(target, out)
+        sent_to = target
+        if s.media is None:
+            await s.send(sent_to, out)
+            return
+        # late offer: the ACK carries the answer (issue 18)
+        step = s.media.sessions.on_request(
+            out, Leg.sender(req, flow), Leg.target(sent_to, dest.binding, direct=dest.uri is None), now=s.clock.now()
+        )
+        await s.media.relay(out, step, lambda: s.send(sent_to, out))
 
     # ------------------------------------------------------------------ timers
     def next_deadline(self) -> float | None:
         # Live response contexts only (a job leaves the set when its context is done); a heap
         # would keep finished jobs alive until their timer C deadline.
-        best: float | None = None
+        best = self.server.media.next_deadline() if self.server.media is not None else None
         for job in self.jobs:
             d = job.context.next_deadline()
             if d is not None and (best is None or d < best):
@@ -160,6 +191,8 @@ class Forwarder:
         return best
 
     async def handle_timers(self, now: float) -> None:
+        if self.server.media is not None:
+            self.server.media.handle_timer(now)  # calls whose BYE never came (issue 18)
         for job in list(self.jobs):
             d = job.context.next_deadline()
             if d is not None and d <= now:
@@ -183,7 +216,10 @@ class Forwarder:
                 if action.response is None:
                     # no downstream response to copy (408, 480 for dead flows, 487)
                     resp = s.core.response(job.request, action.status, action.reason)
-                    await s.respond(job.server_txn, resp)
+                    await self._respond(job, resp, None)
+                elif action.response.to_tag in job.media_rejects:
+                    # our own 503 (no rtpengine), not a downstream one turned into 500
+                    await self._forward_response(job, job.media_rejects[action.response.to_tag])
                 else:
                     await self._forward_response(job, action.response)
             elif isinstance(action, CancelBranch):
@@ -231,6 +267,47 @@ class Forwarder:
             # OB-CS-06: a second Record-Route for the callee's leg, naming its flow.
             rr = (job.caller_rr, s.core.record_route(job.request, s.local_uri(flow), flow, ob=dest.ob))
         req = build_branch_request(job.request, dest, s.via_for(flow, new_branch_id(job.request)), rr)
+        if s.media is not None:
+            step = s.media.sessions.on_request(
+                req, Leg.sender(job.request, job.arrival), Leg.target(flow, dest.binding, direct=dest.uri is None), now=now
+            )
+            if step is not None and step.kind is StepKind.DELETE:
+                s.media.background(step)  # BYE (issue 18): the delete never holds it back
+            elif step is not None:
+                offer = step
+                target = flow
+                s.media.submit(req.call_id, lambda: self._start_after_media(job, branch_id, target, req, offer))
+                return
+        await self._launch(job, branch_id, flow, req)
+
+    async def _start_after_media(self, job: ProxyJob, branch_id: int, flow: Flow, req: Request, step: MediaStep) -> None:
+        """The branch's offer went to rtpengine (issue 18); in the call's media lane."""
+        s = self.server
+        assert s.media is not None
+        outcome = await s.media.client.run_step(step)
+        ctx = job.context
+        if branch_id not in ctx.pending_branches():
+            return  # ended meanwhile (timer C)
+        status = None
+        if outcome.reject:
+            media_log.warning(
+                "media: call %s branch %d to %s: no rtpengine took the offer; the branch fails with 503 "
+                "(media.on_failure = reject)", req.call_id, branch_id, flow.id,
+            )
+            status, reason = 503, MEDIA_REJECT_REASON
+        elif ctx.cancelled or ctx.answered:
+            status, reason = 487, "Request Terminated"  # the caller gave up meanwhile: not rung
+        if status is not None:
+            resp = s.core.response(req, status, reason)  # our Via on top, like a branch's response
+            if status == 503 and resp.to_tag:
+                job.media_rejects[resp.to_tag] = resp
+            await self._run_context(job, ctx.on_response(branch_id, resp, s.clock.now()))
+            return
+        await self._launch(job, branch_id, flow, req)
+
+    async def _launch(self, job: ProxyJob, branch_id: int, flow: Flow, req: Request) -> None:
+        s = self.server
+        now = s.clock.now()
         ctxn: ClientTransaction
         if req.method == "INVITE":
             ctxn = InviteClientTransaction(req, flow.transport.reliable, s.timers, now, context=flow)
@@ -295,14 +372,33 @@ class Forwarder:
     async def _forward_response(self, job: ProxyJob, resp: Response) -> None:
         """RFC 3261 §16.7 step 9: remove our Via, pass the response upstream."""
         out = resp.copy()
+        branch = _top_branch(out)
         out.pop_first_value("via")
         if out.has_header("via"):
-            await self.server.respond(job.server_txn, out)
+            await self._respond(job, out, branch)
+
+    async def _respond(self, job: ProxyJob, out: Response, branch: str | None) -> None:
+        """Send ``out`` upstream through the job's server transaction; with media, once
+        rtpengine rewrote its SDP (issue 18: answers in 18x/2xx, late offers, delete on a
+        final failure)."""
+        s = self.server
+        if s.media is None:
+            await s.respond(job.server_txn, out)
+            return
+        step = s.media.on_response(out, branch)
+        await s.media.relay(out, step, lambda: s.respond(job.server_txn, out))
 
     async def _forward_late_2xx(self, resp: Response) -> None:
-        route = self.server.core.route_late_2xx(resp)
-        if route is not None:
-            await self.server.send(route[1], route[0])
+        s = self.server
+        route = s.core.route_late_2xx(resp)
+        if route is None:
+            return
+        out, flow = route
+        if s.media is None:
+            await s.send(flow, out)
+            return
+        step = s.media.on_response(out, _top_branch(resp))
+        await s.media.relay(out, step, lambda: s.send(flow, out))
 
     # ------------------------------------------------------------------ reaching a URI
     async def _resolve(self, dest: Dest) -> Flow:

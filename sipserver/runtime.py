@@ -32,6 +32,7 @@ from .commit import GroupCommit
 from .config import Config
 from .forwarding import Forwarder, ServerTransaction
 from .gcpace import GcPacer
+from .media_glue import MediaGlue
 from .mgmt.logbudget import LogBudget
 from .mgmt.metrics import Metrics
 from .mgmt.trace import Tracer
@@ -114,6 +115,7 @@ class Server:
             self.identity, self.codec, self.store, self.gate, self.flows.is_alive, self.addresses.uri,
         )
         self.forwarder = Forwarder(self)
+        self.media = MediaGlue(cfg.media, self.clock) if cfg.media.enabled else None  # issue 18
         self.limiter = parts.rate_limiter(cfg)
         self.shedder = Shedder(cfg.limits.overload_queue_delay)
         self.nat = NatKeepalive(cfg.nat.keepalive_interval, cfg.nat.keepalive_failures)
@@ -159,6 +161,8 @@ class Server:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
+                if self.media is not None:
+                    await nursery.start(self.media.run)  # rtpengine's ng client and call lanes
                 await nursery.start(serve, specs, self.flows, self, ssl_ctx, self._bound)
                 self.nat_keeper.adopt_restored()
                 nursery.start_soon(self._timer_loop)

@@ -22,6 +22,7 @@ from .ng import (
 from .planner import AnchorMode, Leg, LegView, MediaProfile, classify, decide, flags_towards
 from .session import (
     FailurePolicy,
+    MediaCallInfo,
     MediaOutcome,
     MediaSessions,
     MediaSettings,
@@ -34,6 +35,7 @@ __all__ = [
     "AnchorMode",
     "FailurePolicy",
     "Leg",
+    "MediaCallInfo",
     "LegView",
     "MediaMetrics",
     "MediaOutcome",

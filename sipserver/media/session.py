@@ -72,6 +72,7 @@ __all__ = [
     "FailurePolicy",
     "MediaOutcome",
     "MediaSessions",
+    "MediaCallInfo",
     "MediaSettings",
     "MediaStep",
     "StepKind",
@@ -184,6 +185,23 @@ class _Call:
     engaged: bool = False  # an ng offer was sent: rtpengine may hold the call
     anchored: bool = False  # an ng offer succeeded
     server: NgAddress | None = None
+    started: float = 0.0  # now at the INVITE
+
+
+@attrs.frozen
+class MediaCallInfo:
+    """Read-only view of one call for the management API (``MediaSessions.calls``)."""
+
+    call_id: str
+    caller_tag: str
+    caller: str  # the caller's profile: webrtc | plain
+    anchored: bool  # rtpengine took an offer
+    confirmed: bool  # a 2xx went upstream
+    late_offer: bool
+    branches: int  # branches tried
+    anchored_branches: int  # of which go through rtpengine
+    server: str | None  # the rtpengine holding the call
+    age: float
 
 
 def _bounded_put(table: dict[Any, Any], key: Any, value: Any) -> None:
@@ -241,6 +259,24 @@ class MediaSessions:
     def active(self) -> int:
         """Calls rtpengine is anchoring right now (an offer went through)."""
         return sum(1 for c in self._calls.values() if c.anchored)
+
+    def calls(self, now: float) -> list[MediaCallInfo]:
+        """Every call kept, oldest first (management API)."""
+        return [
+            MediaCallInfo(
+                c.call_id,
+                c.caller_tag,
+                c.caller.profile.value,
+                c.anchored,
+                c.confirmed,
+                c.late_offer,
+                len(c.branches),
+                sum(1 for b in c.branches.values() if b.anchored),
+                str(c.server) if c.server is not None else None,
+                max(0.0, now - c.started),
+            )
+            for c in sorted(self._calls.values(), key=lambda c: c.started)
+        ]
 
     # ------------------------------------------------------------------ requests
     def on_request(
@@ -309,7 +345,7 @@ class MediaSessions:
                     len(self._calls),
                 )
                 return None
-            call = _Call(call_id, caller_tag, caller, seq, body is None, now + self.settings.setup_timeout)
+            call = _Call(call_id, caller_tag, caller, seq, body is None, now + self.settings.setup_timeout, started=now)
             self._calls[call_id] = call
             heapq.heappush(self._timers, (call.deadline, call_id))
         call.parties[caller_tag] = caller

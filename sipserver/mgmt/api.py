@@ -10,6 +10,7 @@ Endpoints (all JSON unless noted; errors are ``{"error": "..."}`` with a 4xx/5xx
     GET  /flows                     live flows
     POST /flows/close?id=ID         (or JSON body {"id": ID})
     GET  /transactions[?limit=N]    count and a brief list
+    GET  /media                     calls anchored through rtpengine (issue 18)
     GET  /metrics                   Prometheus text format 0.0.4
     POST /credentials/reload        re-read auth.credentials_file
     GET  /trace, POST /trace        {"source": IP|null, "aor": AOR|null, "enabled": bool}
@@ -78,6 +79,7 @@ class ManagementApi:
             "/flows": {"GET": self.flows},
             "/flows/close": {"POST": self.close_flow},
             "/transactions": {"GET": self.transactions},
+            "/media": {"GET": self.media},
             "/metrics": {"GET": self.metrics},
             "/credentials/reload": {"POST": self.reload},
             "/trace": {"GET": self.trace_state, "POST": self.trace},
@@ -268,6 +270,38 @@ class ManagementApi:
                 }
             )
         return json_response({"count": len(s.transactions), "transactions": out})
+
+    async def media(self, req: HttpRequest) -> HttpResponse:
+        """Issue 18: the calls media anchoring keeps, and the rtpengines configured."""
+        glue = getattr(self.server, "media", None)
+        if glue is None:
+            return json_response({"enabled": False, "count": 0, "active": 0, "calls": []})
+        calls = glue.sessions.calls(self.server.clock.now())
+        out = [
+            {
+                "call_id": c.call_id,
+                "caller_tag": c.caller_tag,
+                "caller": c.caller,
+                "anchored": c.anchored,
+                "confirmed": c.confirmed,
+                "late_offer": c.late_offer,
+                "branches": c.branches,
+                "anchored_branches": c.anchored_branches,
+                "rtpengine": c.server,
+                "age": _round(c.age, 1),
+            }
+            for c in calls[:MAX_LIST]
+        ]
+        return json_response(
+            {
+                "enabled": True,
+                "rtpengine": [str(a) for a in self.server.cfg.media.rtpengine],
+                "anchor": self.server.cfg.media.anchor,
+                "count": len(calls),
+                "active": sum(1 for c in calls if c.anchored),
+                "calls": out,
+            }
+        )
 
     # ------------------------------------------------------------------ actions
     def _param(self, req: HttpRequest, name: str) -> str | None:

@@ -223,6 +223,26 @@ def _transactions(client: MgmtClient, args: Any, as_json: bool) -> None:
         _print(format_table(["KIND", "METHOD", "STATE", "CALL-ID", "FLOW"], rows))
 
 
+def _media(client: MgmtClient, args: Any, as_json: bool) -> None:
+    """Issue 18: calls anchored through rtpengine."""
+    data = client.json("GET", "/media")
+    if as_json:
+        _print(json.dumps(data, indent=1))
+        return
+    if not data["enabled"]:
+        _print("media anchoring is off (no [media] rtpengine configured, or anchor = never)")
+        return
+    _print(f"{data['active']} anchored calls ({data['count']} kept); rtpengine {' '.join(data['rtpengine'])}")
+    if data["calls"]:
+        rows = [
+            [c["call_id"], c["caller"], "anchored" if c["anchored"] else "pending",
+             "answered" if c["confirmed"] else "setup", f"{c['anchored_branches']}/{c['branches']}",
+             c["late_offer"], c["rtpengine"], duration(c["age"])]
+            for c in data["calls"]
+        ]
+        _print(format_table(["CALL-ID", "CALLER", "MEDIA", "STATE", "BRANCHES", "LATE-OFFER", "RTPENGINE", "AGE"], rows))
+
+
 def _info(client: MgmtClient, args: Any, as_json: bool) -> None:
     data = client.json("GET", "/info")
     if as_json:
@@ -326,6 +346,7 @@ COMMANDS = {
     "registrations": _registrations,
     "flows": _flows,
     "transactions": _transactions,
+    "media": _media,
     "unregister": _unregister,
     "close-flow": _close_flow,
     "reload": _reload,

@@ -364,4 +364,8 @@ def collect(server: Any, now: float) -> list[Family]:
             histogram_samples(m.loop_lag),
         )
     )
+    media = getattr(server, "media", None)
+    if media is not None:  # issue 18: anchored calls, ng round trips and errors
+        for name, kind, help_text, rows in media.metrics.rows(active=media.sessions.active):
+            fams.append(Family(name, kind, help_text, tuple(Sample(labels, value, suffix) for suffix, labels, value in rows)))
     return fams
