@@ -83,6 +83,19 @@ class AuthGate:
         name = "WWW-Authenticate" if register else "Proxy-Authenticate"
         return Refusal(status, None, tuple((name, c) for c in self.authenticator.challenge(now, stale=stale)))
 
+    def consume(self, req: Request) -> None:
+        """RFC 3261 §22.3: credentials for our realm are meant for this proxy, so they stop here;
+        forwarded, they would hand the next hop a digest to attack offline (issue 16).
+        Credentials for other realms travel on to the proxies that asked for them."""
+        lines = req.header_lines("Proxy-Authorization")
+        if not lines:
+            return
+        keep = [v for v in lines if (c := parse_credentials(v)) is None or c.realm != self.realm]
+        if len(keep) != len(lines):
+            req.remove_header("Proxy-Authorization")
+            for value in keep:
+                req.add_header("Proxy-Authorization", value)
+
     def remember(self, flow: Hashable, user: str) -> None:
         """An authenticated REGISTER arrived on ``flow`` (auth.trust_registered_flows)."""
         self.flow_users[flow] = user

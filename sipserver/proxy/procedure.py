@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 
 import attrs
@@ -47,6 +48,8 @@ from .routing import (
 from .targets import Dest, binding_dest, group_targets, is_loop, stable_tag
 
 __all__ = ["ALLOW", "Forward", "ProxyCore", "ProxySettings", "Register", "Reply"]
+
+log = logging.getLogger("sipserver.proxy")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, PUBLISH, INFO, UPDATE, PRACK"
 
@@ -124,6 +127,8 @@ class ProxyCore:
     # a dialog survives the phone reconnecting (``_replacement``). Bounded: an attacker can
     # make flows die, not make this table grow.
     retired: LruTable[str, BindingKey] = attrs.field(factory=lambda: LruTable(65536))
+    # bindings whose skipping was logged once (``_lookup``)
+    _skipped_log: LruTable[BindingKey, bool] = attrs.field(factory=lambda: LruTable(4096))
 
     # ------------------------------------------------------------------ responses
     def response(
@@ -195,6 +200,8 @@ class ProxyCore:
         refusal = self._authorise(req, arrival, now, hop, rr.in_dialog)
         if isinstance(refusal, Reply):
             return refusal
+        if self.gate is not None:
+            self.gate.consume(req)
         dests = self._dests(req, hop, wall, authenticated=refusal)
         if isinstance(dests, Reply):
             return dests
@@ -216,10 +223,8 @@ class ProxyCore:
         """RFC 3261 §16.4: strict-route restore, then our Routes popped (tokens checked)."""
         strict = restore_strict_route(req, arrival, self.identity, self.codec)
         rr = preprocess_routes(req, arrival, self.identity, self.codec)
-        if strict is not None and rr.reject is None:
-            rr = attrs.evolve(
-                rr, token_flow=rr.token_flow or strict.token_flow, in_dialog=rr.in_dialog or strict.in_dialog
-            )
+        if strict is not None and rr.reject is None and rr.token_flow is None:
+            rr = attrs.evolve(rr, token_flow=strict.token_flow, in_dialog=strict.in_dialog)
         return rr
 
     # ------------------------------------------------------------------ the relay policy
@@ -243,8 +248,15 @@ class ProxyCore:
         """Trust model: a host that is not ours is reached only when it is a served domain or a
         relay domain, checked on the address actually used (``maddr`` before the host)."""
         used = (uri.param("maddr") or uri.host).lower().strip("[]")
-        if used in self.settings.relay_domains or self.identity.is_local_domain(used):
+        if used in self.settings.relay_domains:
             return Hop(HopKind.EXTERNAL, uri=uri)
+        if self.identity.is_local_domain(used):
+            # One of our names or addresses is a SIP server of ours only on our ports: any other
+            # port on our host is a service behind us (SSRF, issue 16 finding 3).
+            port = uri.port or (5061 if uri.secure or uri.transport == "tls" else 5060)
+            if port in self.identity.ports:
+                return Hop(HopKind.EXTERNAL, uri=uri)
+            return Reply(403, f"Forbidden (relaying to {used} port {port} is not allowed: not a port of this server)")
         return Reply(403, f"Forbidden (relaying to {used} is not allowed)")
 
     def _authorise(self, req: Request, arrival: Flow, now: float, hop: Hop, in_dialog: bool) -> bool | Reply:
@@ -257,14 +269,20 @@ class ProxyCore:
         gate = self.gate
         if gate is None:
             return True  # authentication is off (logged at start-up): nobody can be asked
-        if in_dialog and hop.kind is HopKind.FLOW:
-            return False
+        elsewhere = hop.kind is HopKind.EXTERNAL
+        if hop.kind is HopKind.FLOW:
+            assert hop.flow is not None
+            if in_dialog:
+                return False
+            # Out of a dialog a token is a way to a local user only while a binding lives on its
+            # flow; a trunk's flow, or a caller's, is "anywhere else" (issue 16, finding 2).
+            elsewhere = not self._flow_bound(hop.flow)
         try:
             from_uri = req.from_.uri
         except ParseError:
             return Reply(400, "Bad Request (unusable From)")
         local_from = isinstance(from_uri, SipURI) and self.identity.is_local_domain(from_uri.host)
-        if hop.kind is not HopKind.EXTERNAL and not local_from:
+        if not elsewhere and not local_from:
             return False
         user: str | Refusal | None = self._trusted_user(arrival) if self.settings.trust_registered_flows else None
         if user is None:
@@ -339,9 +357,23 @@ class ProxyCore:
             if not bindings and self.gate is not None and authenticated:
                 if not self.gate.credentials.has_user(uri.user_unescaped or ""):
                     return Reply(404, "Not Found")
-        if not bindings:
+        dests = []
+        for b in bindings:
+            d = binding_dest(b, self.identity, self.codec)
+            # A binding reached through no flow of ours (a REGISTER that was not first hop, a
+            # foreign Path) sends the request to a host of the registrant's choosing: that is
+            # "anywhere else" and passes the relay policy or is skipped (issue 16: no relay or
+            # amplifier through a registered Contact).
+            if d.flow is None and d.uri is not None and isinstance(self._external(d.uri), Reply):
+                if self._skipped_log.get(b.key) is None:
+                    self._skipped_log.put(b.key, True)
+                    log.warning("binding %s of %s skipped: it names %s, reached through no flow of ours and "
+                                "not in proxy.relay_domains", b.contact_uri[:80], b.aor, d.uri.host)
+                continue
+            dests.append(d)
+        if not dests:
             return _UNAVAILABLE
-        return [binding_dest(b, self.identity, self.codec) for b in bindings]
+        return dests
 
     def _foreign_route(self, req: Request) -> bool:
         """A Route naming somebody else: the request is not for this server's own handling."""
@@ -350,6 +382,10 @@ class ProxyCore:
             if not isinstance(u, SipURI) or not self.identity.is_ours(u):
                 return True
         return False
+
+    def _flow_bound(self, flow: Flow) -> bool:
+        token = self.token(flow)
+        return token is not None and bool(self.store.flow_bindings(token))
 
     def _flow_registered(self, flow: Flow) -> bool:
         """A flow an outbound REGISTER established (RFC 5626 §5.3.2 edge behaviour)."""
@@ -390,9 +426,15 @@ class ProxyCore:
         out = resp.copy()
         out.pop_first_value("via")
         nxt = out.top_via
+        caller_tag = resp.from_tag or ""
         for rr in out.record_routes:
             u = rr.uri
             if isinstance(u, SipURI) and self.identity.is_ours(u) and u.user:
+                # Only the caller's leg of a dialog this server record-routed: the proof binds
+                # the token to this Call-ID and the caller's tag (issue 16, finding 7).
+                proof = u.param("dlg")
+                if not proof or not self.codec.verify_dialog_proof(proof, u.user, resp.call_id, (caller_tag,)):
+                    continue
                 try:
                     f = self.codec.decode(u.user)
                 except InvalidToken:

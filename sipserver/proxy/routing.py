@@ -72,8 +72,9 @@ class RouteResult:
     # a status to answer with at once (403 forged token), with a reason
     reject: tuple[int, str] | None = None
     popped: int = 0
-    # a Route of ours carried a dialog proof (``dlg``) that verifies for this request's Call-ID
-    # and tags: the request is inside a dialog this server record-routed
+    # the Route naming ``token_flow`` carried a dialog proof (``dlg``) that verifies for this
+    # request's Call-ID and tags: the request is inside a dialog this server record-routed,
+    # and goes down that dialog's flow
     in_dialog: bool = False
 
 
@@ -92,11 +93,15 @@ def _take_token(
         flow = codec.decode(token)
     except InvalidToken:
         return (403, "Forbidden (invalid flow token in Route)")
-    if flow != arrival:
-        found[0] = flow
+    if flow == arrival:
+        return None  # the sender's own leg: it names no destination and proves nothing
+    # The dialog proof counts only on the token whose flow the request is sent down: a
+    # genuine proof of one dialog must not carry a request down another flow (issue 16).
     proof = uri.param("dlg")
-    if proof and req.to_tag and codec.verify_dialog_proof(proof, token, req.call_id, _dialog_tags(req)):
-        found[1] = True
+    found[0] = flow
+    found[1] = bool(
+        proof and req.to_tag and codec.verify_dialog_proof(proof, token, req.call_id, _dialog_tags(req))
+    )
     return None
 
 

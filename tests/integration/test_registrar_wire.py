@@ -93,21 +93,31 @@ async def test_439_first_hop_lacks_outbound(tmp_path: Path) -> None:
 
 async def test_path_stored_echoed_and_used(tmp_path: Path) -> None:
     """PATH-04/06: a REGISTER relayed by an edge proxy (Path with ob) stores the Path, echoes it
-    with Supported: path, and later requests are sent to the Path with it as Route set."""
-    async with running_server(tmp_path) as server:
-        edge = await UdpUA.open(addr(server, "udp"))  # plays the edge proxy
-        path = f"<sip:tok123@{edge.hostport()};lr;ob>"
-        text = register(edge, "ivan", instance=INST, reg_id=1, contact_host="10.3.3.3:5060", extra=[f"Path: {path}"])
-        text = text.replace("Max-Forwards:", f"Via: SIP/2.0/UDP 10.3.3.3:5060;branch={branch()}\r\nMax-Forwards:", 1)
-        await edge.send(text)
-        resp = await edge.recv_response()
-        assert resp.status == 200
-        assert resp.header_values("path") == [path]
-        caller = await UdpUA.open(addr(server, "udp"))
-        await caller.send(request(caller, "MESSAGE", "sip:ivan@example.com", body="hi"))
-        msg = await edge.recv_request()
-        assert msg.uri_text == "sip:ivan@10.3.3.3:5060;ob"
-        assert [r.raw for r in msg.routes] == [path]
+    with Supported: path, and later requests are sent to the Path with it as Route set.
+    The edge proxy is reached through no flow of ours, so it must be in proxy.relay_domains
+    (issue 16: a registered Path or Contact is no way around the relay policy); without that
+    the binding is skipped: 480 and the edge hears nothing."""
+    for relay, expect in ((["127.0.0.1"], 200), ([], 480)):
+        async with running_server(tmp_path, proxy={"relay_domains": relay}) as server:
+            edge = await UdpUA.open(addr(server, "udp"))  # plays the edge proxy
+            path = f"<sip:tok123@{edge.hostport()};lr;ob>"
+            text = register(edge, "ivan", instance=INST, reg_id=1, contact_host="10.3.3.3:5060", extra=[f"Path: {path}"])
+            text = text.replace("Max-Forwards:", f"Via: SIP/2.0/UDP 10.3.3.3:5060;branch={branch()}\r\nMax-Forwards:", 1)
+            await edge.send(text)
+            resp = await edge.recv_response()
+            assert resp.status == 200
+            assert resp.header_values("path") == [path]
+            caller = await UdpUA.open(addr(server, "udp"))
+            await caller.send(request(caller, "MESSAGE", "sip:ivan@example.com", body="hi"))
+            if expect == 480:
+                assert (await caller.recv_response()).status == 480
+                with trio.move_on_after(0.3):
+                    got = await edge.recv_request()
+                    raise AssertionError(f"the edge heard {got.start_line()}")
+                continue
+            msg = await edge.recv_request()
+            assert msg.uri_text == "sip:ivan@10.3.3.3:5060;ob"
+            assert [r.raw for r in msg.routes] == [path]
 
 
 async def test_423_min_expires_and_star_removal_and_cseq_order(tmp_path: Path) -> None:

@@ -68,3 +68,17 @@ def test_equivalent_uri_spelling_passes() -> None:
     g = gate()
     auth = answer(g, "sip:bob@EXAMPLE.com")
     assert g.check(invite("sip:bob@example.com", auth), "192.0.2.9", 1001.0, register=False) == "alice"
+
+
+def test_own_realm_credentials_are_consumed_others_travel_on() -> None:
+    """RFC 3261 §22.3 / issue 16: the Proxy-Authorization for our realm stops here (a next hop
+    would get a digest to attack offline); one for another proxy's realm is forwarded."""
+    g = gate()
+    ours = answer(g, "sip:bob@example.com")
+    theirs = 'Digest username="alice", realm="itsp.example", nonce="n", uri="sip:bob@example.com", response="00"'
+    req = invite("sip:bob@example.com", ours)
+    req.add_header("Proxy-Authorization", theirs)
+    assert g.check(req, "192.0.2.9", 1001.0, register=False) == "alice"
+    g.consume(req)
+    assert req.header_lines("proxy-authorization") == [theirs]
+    assert "realm=\"example.com\"" not in req.to_bytes().decode()
