@@ -128,6 +128,7 @@ class Server:
         self.tracer = Tracer()  # mgmt: POST /trace filters
         self.mgmt_address: tuple[str, int] | None = None  # bound mgmt listener (port 0 resolved)
         self._overload_log = warning_budget("overload")
+        self._rate_log = warning_budget("rate limit")
         # Per-event INFO lines (bindings, closed flows) are capped per second; see logbudget.
         self._reg_log_budget = LogBudget(reg_log, "binding")
         self._flow_log_budget = LogBudget(flow_log, "flow closed")
@@ -348,11 +349,7 @@ class Server:
         stamp_received(req, flow.remote)
         now = self.clock.now()
         if self.limiter is not None and not self.limiter.allow(flow.remote[0], now):
-            self.count("rate_limited")
-            if self.cfg.rate_limit.action == "reject" and method != "ACK":
-                ra = self.limiter.retry_after(flow.remote[0], now)
-                reason = "Service Unavailable (rate limit: rate_limit.requests_per_second)"
-                await self.reply(req, flow, 503, reason, [("Retry-After", str(ra))])
+            await self._rate_limited(req, flow, now)
             return
         if method == "CANCEL":
             await self._on_cancel(req, flow)
@@ -381,6 +378,22 @@ class Server:
         else:
             assert isinstance(decision, Forward)
             await self.forwarder.start(decision, flow, txn)
+
+    async def _rate_limited(self, req: Request, flow: Flow, now: float) -> None:
+        """A source over ``rate_limit.requests_per_second``: 503 naming the setting (or dropped,
+        ``rate_limit.action = "drop"``), and a budgeted WARNING naming it too (issue 16)."""
+        assert self.limiter is not None
+        self.count("rate_limited")
+        rl = self.cfg.rate_limit
+        self._rate_log.warning(
+            "rate limit: %s sends more than rate_limit.requests_per_second = %s (burst %s); its "
+            "requests are %s; raise the setting if this source is a NAT or proxy of many phones",
+            flow.remote[0], rl.requests_per_second, rl.burst, "answered 503" if rl.action == "reject" else "dropped",
+        )
+        if rl.action == "reject" and req.method != "ACK":
+            ra = self.limiter.retry_after(flow.remote[0], now)
+            reason = "Service Unavailable (rate limit: rate_limit.requests_per_second)"
+            await self.reply(req, flow, 503, reason, [("Retry-After", str(ra))])
 
     async def _shed(self, req: Request, flow: Flow) -> None:
         """Overload control (``limits.overload_queue_delay``): answer a new request 503 with

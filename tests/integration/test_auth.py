@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
+import pytest
 from harness import TcpUA, UdpUA, addr, register, request, response_to, running_server
 
 from sipserver.auth.digest import compute_response, ha1
@@ -110,8 +112,10 @@ async def test_foreign_domain_refused_with_auth(tmp_path: Path) -> None:
         assert resp.status == 403
 
 
-async def test_rate_limit_per_source(tmp_path: Path) -> None:
-    """A flood from one source is refused with 503 + Retry-After while another source is served."""
+async def test_rate_limit_per_source(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A flood from one source is refused with 503 + Retry-After while another source is served;
+    the reason phrase and one WARNING name the setting to change (issue 16)."""
+    caplog.set_level(logging.WARNING, logger="sipserver")
     async with running_server(tmp_path, rate_limit={"enabled": True, "requests_per_second": 5, "burst": 5}) as server:
         ua = await UdpUA.open(addr(server, "udp"))
         statuses = []
@@ -123,6 +127,9 @@ async def test_rate_limit_per_source(tmp_path: Path) -> None:
         assert server.stats.get("rate_limited", 0) >= 1
         limited = next(r for r in ua.received if b" 503 " in r.split(b"\r\n")[0])
         assert b"Retry-After:" in limited
+        assert b"rate_limit.requests_per_second" in limited.split(b"\r\n")[0]
+        warnings = [r.getMessage() for r in caplog.records if "rate limit:" in r.getMessage()]
+        assert len(warnings) == 1 and "127.0.0.1" in warnings[0] and "rate_limit.requests_per_second = 5" in warnings[0]
         other = await UdpUA.open(addr(server, "udp"), local_host="127.0.0.2")  # another source IP
         await other.send(request(other, "OPTIONS", "sip:example.com"))
         assert (await other.recv_response()).status == 200
