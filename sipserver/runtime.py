@@ -33,7 +33,7 @@ from .config import Config
 from .forwarding import Forwarder, ServerTransaction
 from .gcpace import GcPacer
 from .media_glue import MediaGlue
-from .mgmt.logbudget import LogBudget
+from .mgmt.logbudget import LogBudget, log_binding_event
 from .mgmt.metrics import Metrics
 from .mgmt.trace import Tracer
 from .natkeeper import NatKeeper
@@ -199,17 +199,10 @@ class Server:
 
     def reload_credentials(self) -> bool:
         """Re-read the credentials file (SIGHUP, management API). Keeps the old set on error."""
-        path = self.cfg.auth.credentials_file
-        if self.gate is None or not path:
-            log.info("credentials reload requested, but no auth.credentials_file is configured")
+        if self.gate is None:
+            log.info("credentials reload requested, but authentication is off")
             return False
-        try:
-            self.gate.credentials = CredentialStore.load_file(path, self.gate.realm)
-        except Exception as exc:
-            log.error("credentials reload failed, keeping the previous users: %s", exc)
-            return False
-        log.info("credentials reloaded from %s: %d users", path, len(self.gate.credentials.users()))
-        return True
+        return self.gate.reload(self.cfg.auth.credentials_file)
 
     def _bound(self, listeners: list[BoundListener]) -> None:
         """The listeners are bound and nothing was read yet: learn our own addresses."""
@@ -423,7 +416,7 @@ class Server:
         if user is not None and result.flow_token is not None and self.gate is not None:
             self.gate.remember(flow, user)  # auth.trust_registered_flows, checked against live bindings
         for ev in result.events:
-            _log_binding_event(ev, flow, self._reg_log_budget)
+            log_binding_event(ev, flow, self._reg_log_budget)
         if result.outbound_flow:
             # RFC 5626 §5.4: the flow is dead after Flow-Timer plus a grace period of silence.
             self.flows.set_idle_limit(flow, self.registrar.flow_timer(flow) + self.cfg.proxy.keepalive_grace)
@@ -488,19 +481,6 @@ class Server:
 
     def count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
-
-
-def _log_binding_event(ev: Any, flow: Flow, budget: LogBudget) -> None:
-    """One line per significant binding event (added, replaced, removed) within the log budget;
-    refreshes at debug."""
-    kind = type(ev).__name__.removeprefix("Binding").lower()
-    level = logging.DEBUG if kind == "refreshed" else logging.INFO
-    if budget.allow(level):
-        key = getattr(ev, "key", None)
-        text = getattr(key, "text", None) or str(key)
-        cause = getattr(ev, "cause", None)
-        extra = f" ({cause.name.lower()})" if cause is not None and hasattr(cause, "name") else ""
-        reg_log.log(level, "binding %s: %s via %s%s", kind, text, flow.id, extra)
 
 
 __all__ = ["Server"]

@@ -96,6 +96,20 @@ class AuthGate:
             for value in keep:
                 req.add_header("Proxy-Authorization", value)
 
+    def reload(self, path: str) -> bool:
+        """Re-read the credentials file (SIGHUP, management API). Keeps the old set on error,
+        with the reason logged."""
+        if not path:
+            log.info("credentials reload requested, but no auth.credentials_file is configured")
+            return False
+        try:
+            self.credentials = CredentialStore.load_file(path, self.realm)
+        except Exception as exc:
+            log.error("credentials reload failed, keeping the previous users: %s", exc)
+            return False
+        log.info("credentials reloaded from %s: %d users", path, len(self.credentials.users()))
+        return True
+
     def remember(self, flow: Hashable, user: str) -> None:
         """An authenticated REGISTER arrived on ``flow`` (auth.trust_registered_flows)."""
         self.flow_users[flow] = user

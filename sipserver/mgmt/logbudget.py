@@ -20,7 +20,9 @@ import logging
 import time
 from collections.abc import Callable
 
-__all__ = ["LogBudget"]
+__all__ = ["LogBudget", "log_binding_event"]
+
+reg_log = logging.getLogger("sipserver.registrar")
 
 
 class LogBudget:
@@ -121,3 +123,16 @@ class LogBudget:
         if self._suppressed and int(self._clock() // self._window) != self._slot:
             self.flush()
             self._slot = -1
+
+
+def log_binding_event(ev: object, flow: object, budget: LogBudget) -> None:
+    """One line per significant binding event (added, replaced, removed) within the log budget;
+    refreshes at debug. ``flow`` is the Flow the REGISTER arrived on."""
+    kind = type(ev).__name__.removeprefix("Binding").lower()
+    level = logging.DEBUG if kind == "refreshed" else logging.INFO
+    if budget.allow(level):
+        key = getattr(ev, "key", None)
+        text = getattr(key, "text", None) or str(key)
+        cause = getattr(ev, "cause", None)
+        extra = f" ({cause.name.lower()})" if cause is not None and hasattr(cause, "name") else ""
+        reg_log.log(level, "binding %s: %s via %s%s", kind, text, getattr(flow, "id", flow), extra)
