@@ -9,9 +9,13 @@ import { Web } from "./sip.js/lib/index.js";
 const $ = (id) => document.getElementById(id);
 const KEEPALIVE_SECONDS = 25;
 // Query string: prefill (server, user, domain, password, target); register=1 registers on load,
-// call=USER calls once registered, answer=1 answers incoming calls (intercom / kiosk use).
+// call=USER calls once registered, answer=1 answers incoming calls (intercom / kiosk use),
+// hangup=SECONDS hangs up that long after a call is answered, stats=1 logs the call's audio
+// packet counts every second (what the browser test reads to see media flow).
 const params = new URLSearchParams(location.search);
 let autoCalled = false;
+let statsTimer = null;
+let hangupTimer = null;
 
 function log(text) {
   const line = `${new Date().toISOString().slice(11, 19)} ${text}\n`;
@@ -45,6 +49,39 @@ function buttons({ registered, inCall, ringing }) {
 
 let phone = null;
 let registered = false;
+
+async function logRtpStats() {
+  // RTP packets of the call's audio, both ways (RTCPeerConnection.getStats, webrtc-stats).
+  const handler = phone && phone.session && phone.session.sessionDescriptionHandler;
+  const pc = handler && handler.peerConnection;
+  if (!pc) return;
+  let received = 0;
+  let sent = 0;
+  (await pc.getStats()).forEach((s) => {
+    if (s.kind !== "audio") return;
+    if (s.type === "inbound-rtp") received += s.packetsReceived || 0;
+    if (s.type === "outbound-rtp") sent += s.packetsSent || 0;
+  });
+  log(`audio packets received ${received} sent ${sent}`);
+}
+
+function callAnswered() {
+  if (params.get("stats") === "1") statsTimer = setInterval(logRtpStats, 1000);
+  const after = parseFloat(params.get("hangup") || "");
+  if (after > 0) {
+    hangupTimer = setTimeout(async () => {
+      await logRtpStats();
+      log("hanging up");
+      phone.hangup().catch((e) => log(`hangup failed: ${e}`));
+    }, after * 1000);
+  }
+}
+
+function callEnded() {
+  clearInterval(statsTimer);
+  clearTimeout(hangupTimer);
+  statsTimer = hangupTimer = null;
+}
 
 async function register() {
   const server = $("server").value.trim();
@@ -99,10 +136,12 @@ async function register() {
         setStatus("in-call", "in call");
         buttons({ registered, inCall: true, ringing: false });
         log("call answered");
+        callAnswered();
       },
       onCallHangup: () => {
         setStatus(registered ? "registered" : "unregistered", registered ? "registered" : "not registered");
         buttons({ registered, inCall: false, ringing: false });
+        callEnded();
         log("call ended");
       },
     },

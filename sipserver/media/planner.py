@@ -18,9 +18,12 @@ Rules (issue 18, DESIGN.md "Media (rtpengine)"):
   DTLS-SRTP/ICE and plain RTP) or when a PLAIN party is behind NAT (rtpengine learns the real
   media address); two plain phones on one LAN, or two browsers, keep their SDP untouched.
   ``ALWAYS`` anchors every call with SDP, ``NEVER`` none.
-- Flags describe the side the SDP goes to: towards a browser ICE=force, DTLS=passive, SDES off,
+- Flags describe the side the SDP goes to: towards a browser ICE=force, SDES off,
   UDP/TLS/RTP/SAVPF and rtcp-mux offered and required (RFC 8829 §5.1.3: browsers require
-  rtcp-mux); towards a plain phone ICE=remove and, when translating from WebRTC, RTP/AVP, DTLS off
+  rtcp-mux), and in offers DTLS=passive (the browser connects); an answer to a browser leaves the
+  DTLS role to rtpengine, which connects (setup:active, RFC 5763 §5) as it decided when the
+  browser's actpass offer came in (forcing passive there leaves both sides waiting: issue 18's
+  Chromium test); towards a plain phone ICE=remove and, when translating from WebRTC, RTP/AVP, DTLS off
   and rtcp-mux demuxed. Between legs of one profile the transport protocol is left alone, so an
   SDES call between two desk phones stays encrypted. ``received-from`` always names the sender's
   source address; ``SIP-source-address`` is added when the sender is a plain party behind NAT,
@@ -235,7 +238,7 @@ def flags_towards(recipient: MediaProfile, sender: LegView, *, offer: bool) -> N
         return NgFlags(
             transport_protocol=WEBRTC_TRANSPORT_PROTOCOL if offer and translate else None,
             ice="force",
-            dtls="passive",
+            dtls="passive" if offer else None,
             sdes=("off",),
             rtcp_mux=("offer", "require") if offer else (),
             flags=tuple(flags),

@@ -33,7 +33,7 @@ WEBRTC_OFFER = (
     b"a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n"
     b"a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
 )
-# A browser's answer to an offer (setup:active, as JSEP answers DTLS passive with active).
+# A browser's answer to an offer (setup:active: JSEP answers an actpass or passive offer active).
 WEBRTC_ANSWER = WEBRTC_OFFER.replace(b"a=setup:actpass", b"a=setup:active").replace(b"a=group:BUNDLE 0\r\n", b"")
 # A desk phone's offer/answer: plain RTP/AVP, no ICE, no DTLS.
 PHONE_SDP = (
@@ -90,7 +90,7 @@ async def test_browser_to_phone_offer_answer_query_delete(rtpengine: RtpEngine) 
         )
         assert answered.sdp is not None
         webrtc_leg_of(answered.sdp)
-        assert b"a=setup:passive" in answered.sdp  # DTLS=passive: the browser connects
+        assert b"a=setup:active" in answered.sdp  # rtpengine connects, as a browser answerer would
         assert b"a=rtpmap:0 PCMU/8000" in answered.sdp
 
         stats = await client.query("it-call-1")
@@ -215,7 +215,7 @@ async def test_late_offer_through_rtpengine(rtpengine: RtpEngine) -> None:  # no
         assert step is not None and step.kind is StepKind.ANSWER
         assert (await client.run_step(step)).verdict is Verdict.REWRITTEN
         webrtc_leg_of(ack.body)
-        assert b"a=setup:passive" in ack.body
+        assert b"a=setup:active" in ack.body
         stats = await client.query("it-session")
         assert {m.protocol for t in stats.tags.values() for m in t.medias} == {"UDP/TLS/RTP/SAVPF", "RTP/AVP"}
         step = media.on_request(request("BYE", to_tag="B", cseq=2), PHONE, BROWSER, now=2.0)

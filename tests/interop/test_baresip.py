@@ -107,7 +107,8 @@ class TraceEntry:
 class Baresip:
     """One baresip process with its own config directory, driven over ctrl_tcp."""
 
-    def __init__(self, tmp_path: Path, name: str) -> None:
+    def __init__(self, tmp_path: Path, name: str, config: str = CONFIG) -> None:
+        """``config``: the config file, with {sip_port}, {ctrl_port} and {module_path}."""
         exe = require_tool("baresip", "apt-get install baresip")
         module_path = next((d for d in MODULE_DIRS if (d / "ctrl_tcp.so").exists()), None)
         if module_path is None:
@@ -120,7 +121,7 @@ class Baresip:
         self.ctrl_port = free_port(both=False)
         while self.ctrl_port in (self.sip_port, self.sip_port + 1):  # probe ports can come back
             self.ctrl_port = free_port(both=False)
-        (self.dir / "config").write_text(CONFIG.format(sip_port=self.sip_port, ctrl_port=self.ctrl_port,
+        (self.dir / "config").write_text(config.format(sip_port=self.sip_port, ctrl_port=self.ctrl_port,
                                                        module_path=module_path))
         (self.dir / "accounts").write_text("")
         # Fixed instance id so the test can look for it in the bindings (baresip reads this file).
