@@ -51,6 +51,15 @@ def test_webrtc_is_a_wss_gateway() -> None:
     assert ping < cfg.registrar.flow_timer
 
 
+def test_webrtc_gateway_anchors_through_rtpengine() -> None:
+    """Issue 18: browsers on wss, phones on UDP/TCP/TLS, rtpengine configured and auto."""
+    cfg = load_config(EXAMPLES / "webrtc-gateway.toml")
+    assert {s.transport for s in cfg.server.listen} >= {"wss", "udp", "tcp"}
+    assert cfg.media.enabled and cfg.media.anchor == "auto" and cfg.media.rtpengine
+    assert cfg.proxy.record_route  # the BYE must pass: it deletes the rtpengine call
+    assert cfg.mgmt.address is not None  # sipserver ctl media
+
+
 def test_nat_edge_uses_a_short_flow_timer() -> None:
     cfg = load_config(EXAMPLES / "nat-edge.toml")
     assert cfg.registrar.flow_timer <= 30

@@ -54,6 +54,7 @@ FORBIDDEN_SIPSERVER = (
     "sipserver.transport",
     "sipserver.runtime",
     "sipserver.forwarding",
+    "sipserver.media_glue",
     "sipserver.commit",
     "sipserver.service",
     "sipserver.parts",
