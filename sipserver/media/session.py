@@ -176,6 +176,7 @@ class _Call:
     invite_cseq: int
     late_offer: bool
     deadline: float
+    queued: float = attrs.field(init=False, default=float("inf"))  # the live timer heap entry
     branches: dict[str, _Branch] = attrs.field(factory=dict)
     parties: dict[str, LegView] = attrs.field(factory=dict)  # tag -> classification
     exchanges: dict[tuple[str, int, str], _Exchange] = attrs.field(factory=dict)
@@ -308,7 +309,7 @@ class MediaSessions:
             return self._end(call, method)
         if not to_tag:
             return None
-        call.deadline = self._deadline(call, now)
+        self._touch(call, now)
         if method in ("ACK", "PRACK"):
             return self._answer_in_request(req, call, from_tag, to_tag, source)
         return self._offer_in_dialog(req, call, from_tag, to_tag, cseq.seq, source, target)
@@ -347,7 +348,7 @@ class MediaSessions:
                 return None
             call = _Call(call_id, caller_tag, caller, seq, body is None, now + self.settings.setup_timeout, started=now)
             self._calls[call_id] = call
-            heapq.heappush(self._timers, (call.deadline, call_id))
+            self._queue(call)
         call.parties[caller_tag] = caller
         call.branches[branch] = _Branch(branch, callee, anchored=True)
         log.info("media: call %s branch %s anchored: %s", call_id, branch, decision.reason)
@@ -432,7 +433,7 @@ class MediaSessions:
         call = self._calls.get(call_id)
         if call is None or cseq.method not in ("INVITE", "UPDATE") or resp.status < 101 or not from_tag:
             return None
-        call.deadline = self._deadline(call, now)
+        self._touch(call, now)
         if cseq.method == "INVITE" and from_tag == call.caller_tag and cseq.seq == call.invite_cseq:
             if branch is None:
                 try:
@@ -486,7 +487,7 @@ class MediaSessions:
             return None
         if 200 <= status < 300:
             call.confirmed = True
-            call.deadline = self._deadline(call, now)
+            self._touch(call, now)
         body = _sdp(resp)
         if body is None or not to_tag:
             return None
@@ -552,27 +553,43 @@ class MediaSessions:
                 del self._calls[call.call_id]
 
     # ------------------------------------------------------------------ timers
+    def _touch(self, call: _Call, now: float) -> None:
+        """Signalling seen: the call's deadline moves (a confirmed call's may move earlier, when
+        media.session_timeout is below setup_timeout: then its timer entry is renewed)."""
+        call.deadline = self._deadline(call, now)
+        if call.deadline < call.queued:
+            self._queue(call)
+
+    def _queue(self, call: _Call) -> None:
+        call.queued = call.deadline
+        heapq.heappush(self._timers, (call.deadline, call.call_id))
+
     def _deadline(self, call: _Call, now: float) -> float:
         s = self.settings
         return now + (s.session_timeout if call.confirmed else s.setup_timeout)
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` has something to do (possibly early: entries are lazy)."""
-        while self._timers and self._calls.get(self._timers[0][1]) is None:
+        while self._timers and not self._live(*self._timers[0]):
             heapq.heappop(self._timers)
         return self._timers[0][0] if self._timers else None
+
+    def _live(self, when: float, call_id: str) -> bool:
+        """A heap entry that is its call's current one (superseded entries are dropped)."""
+        call = self._calls.get(call_id)
+        return call is not None and call.queued == when
 
     def handle_timer(self, now: float) -> list[MediaStep]:
         """Delete the calls whose signalling stopped: no BYE after ``session_timeout``, no final
         response after ``setup_timeout``."""
         steps: list[MediaStep] = []
         while self._timers and self._timers[0][0] <= now:
-            _, call_id = heapq.heappop(self._timers)
-            call = self._calls.get(call_id)
-            if call is None:
+            when, call_id = heapq.heappop(self._timers)
+            if not self._live(when, call_id):
                 continue
+            call = self._calls[call_id]
             if call.deadline > now:  # touched since: wait for its real deadline
-                heapq.heappush(self._timers, (call.deadline, call_id))
+                self._queue(call)
                 continue
             step = self._end(call, "no signalling before media.session_timeout" if call.confirmed else "no final response")
             if step is not None:

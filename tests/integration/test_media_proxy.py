@@ -8,6 +8,8 @@ side receives (protocols, addresses, ICE and DTLS attributes) and what rtpengine
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import secrets
@@ -19,7 +21,17 @@ from typing import Any
 
 import pytest
 import trio
-from harness import UA, UdpUA, WsUA, addr, register, request, response_to, running_server
+from harness import (
+    UA,
+    UdpUA,
+    WsUA,
+    addr,
+    autojump_fixture,  # noqa: F401  (the autojump fixture: a MockClock)
+    register,
+    request,
+    response_to,
+    running_server,
+)
 from rtpengine_fixture import RtpEngine, free_udp_port, rtpengine  # noqa: F401
 from test_media_rtpengine import (
     PHONE_SDP,
@@ -29,7 +41,9 @@ from test_media_rtpengine import (
     protos,
     webrtc_leg_of,
 )
+from trio.testing import MockClock
 
+from sipserver import cli
 from sipserver.media.client import NgCommandError, open_ng_client
 from sipserver.runtime import Server
 from sipserver.sip import Request, Response
@@ -111,7 +125,7 @@ async def gone(engine: RtpEngine, call_id: str, timeout: float = 2.0) -> bool:
                 except NgCommandError as exc:
                     assert "Unknown call-id" in str(exc)
                     return True
-                await trio.sleep(0.02)
+                await trio.sleep(0.1)
     return False
 
 
@@ -132,6 +146,20 @@ async def get_json(server: Server, path: str) -> Any:
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     return json.loads(body) if path != "/metrics" else body.decode()
+
+
+async def ctl(server: Server, *args: str) -> str:
+    """``sipserver ctl --mgmt ADDR ARGS`` (a blocking HTTP client: in a thread), its stdout."""
+    assert server.mgmt_address is not None
+    host, port = server.mgmt_address
+
+    def run() -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli.main(["ctl", "--mgmt", f"{host}:{port}", *args]) == 0
+        return out.getvalue()
+
+    return await trio.to_thread.run_sync(run)
 
 
 def metric(text: str, name: str) -> float:
@@ -172,6 +200,8 @@ async def test_browser_calls_phone_anchored_and_bye_deletes(tmp_path: Path, rtpe
 
             calls = await get_json(server, "/media")
             assert calls["active"] == 1 and calls["calls"][0]["call_id"] == "m-b2p"
+            table = await ctl(server, "media")
+            assert "1 anchored calls" in table and re.search(r"^m-b2p +webrtc +anchored +answered +1/1 ", table, re.M), table
             assert calls["calls"][0]["caller"] == "webrtc" and calls["calls"][0]["confirmed"] is True
             text = await get_json(server, "/metrics")
             assert metric(text, "sipserver_media_sessions") == 1
@@ -360,3 +390,53 @@ async def test_rtpengine_down_pass_goes_on_untouched(tmp_path: Path) -> None:
             ok = await final(web)
             assert ok.status == 200 and ok.body == PHONE_SDP
             assert server.media is not None and server.media.metrics.failures == {"pass": 1}
+
+
+async def test_reinvite_offer_is_anchored(tmp_path: Path, rtpengine: RtpEngine) -> None:  # noqa: F811
+    """Issue 18: a re-INVITE (RFC 3261 §14) inside an anchored call is an offer too: the phone
+    gets RTP/AVP from rtpengine on the same ports, the browser's 200 WebRTC SDP again."""
+    async with media_server(tmp_path, rtpengine.address) as server:
+        phone = await reg_phone(server, "phone")
+        async with browser(server) as web:
+            await web.send(invite(web, "phone", "m-re", WEBRTC_OFFER, tag="r1"))
+            inv = await phone.recv_request()
+            first_port = rtpengine_port(rtpengine, inv.body)
+            await phone.send(answer(inv, 200, PHONE_SDP, "p1", phone))
+            ok = await final(web)
+            await in_dialog(web, "ACK", ok, "m-re", "r1", 1)
+            assert (await phone.recv_request()).method == "ACK"
+            hold = WEBRTC_OFFER.replace(b"a=sendrecv", b"a=sendonly").replace(b" 2 IN IP4", b" 3 IN IP4")
+            await in_dialog(web, "INVITE", ok, "m-re", "r1", 2, body=hold)
+            reinv = await phone.recv_request()
+            assert reinv.method == "INVITE"
+            plain_leg_of(reinv.body)
+            assert rtpengine_port(rtpengine, reinv.body) == first_port
+            assert b"a=sendonly" in reinv.body
+            await phone.send(answer(reinv, 200, PHONE_SDP.replace(b"a=sendrecv", b"a=recvonly"), "p1", phone))
+            ok2 = await final(web)
+            assert ok2.status == 200
+            webrtc_leg_of(ok2.body)
+            assert server.media is not None
+            assert server.media.metrics.requests == {"offer": 2, "answer": 2}
+
+
+async def test_a_call_without_bye_is_deleted_after_session_timeout(
+    tmp_path: Path, rtpengine: RtpEngine, autojump: MockClock  # noqa: F811
+) -> None:
+    """Issue 18: the server's timer loop deletes an answered call whose BYE never came once
+    media.session_timeout has passed without signalling (virtual time: autojump)."""
+    async with media_server(tmp_path, rtpengine.address, session_timeout=30.0) as server:
+        phone = await reg_phone(server, "phone")
+        async with browser(server) as web:
+            await web.send(invite(web, "phone", "m-lost", WEBRTC_OFFER, tag="t1"))
+            inv = await phone.recv_request()
+            await phone.send(answer(inv, 200, PHONE_SDP, "p1", phone))
+            ok = await final(web)
+            await in_dialog(web, "ACK", ok, "m-lost", "t1", 1)
+            assert (await phone.recv_request()).method == "ACK"
+            await trio.sleep(20)
+            assert server.media is not None and "m-lost" in server.media.sessions
+            assert not await gone(rtpengine, "m-lost", timeout=0.1)
+            await trio.sleep(12)
+            assert await gone(rtpengine, "m-lost"), "the call outlived media.session_timeout"
+            assert "m-lost" not in server.media.sessions

@@ -468,6 +468,18 @@ def test_answered_call_lives_until_session_timeout_and_signalling_refreshes_it()
     assert step.command.dictionary() == {"command": "delete", "call-id": "call-1"}
 
 
+def test_a_session_timeout_below_the_setup_timeout_fires_on_time() -> None:
+    """Issue 18: an answered call's deadline can move *earlier* (session_timeout 30 s < setup
+    600 s); its timer entry follows, and the superseded one leaves no second delete behind."""
+    media = sessions(setup_timeout=600.0, session_timeout=30.0)
+    confirmed(media)  # the 2xx at T0
+    assert media.next_deadline() == T0 + 30
+    assert media.handle_timer(T0 + 29) == []
+    (step,) = media.handle_timer(T0 + 30)
+    assert step.kind is StepKind.DELETE
+    assert media.handle_timer(T0 + 600) == [] and media.next_deadline() is None
+
+
 def test_ended_calls_leave_no_timer_behind() -> None:
     media = sessions()
     inv = request(body=WEBRTC_SDP)
