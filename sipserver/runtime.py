@@ -112,7 +112,7 @@ class Server:
         p = cfg.proxy
         self.core = ProxyCore(
             ProxySettings(p.record_route, frozenset(p.relay_domains), cfg.auth.trust_registered_flows, cfg.server.server_header),
-            self.identity, self.codec, self.store, self.gate, self.flows.is_alive, self.addresses.uri,
+            self.identity, self.codec, self.store, self.gate, self.flows.reachable, self.addresses.uri,
         )
         self.forwarder = Forwarder(self)
         self.media = MediaGlue(cfg.media, self.clock) if cfg.media.enabled else None  # issue 18
@@ -286,6 +286,8 @@ class Server:
         """Traces the message when asked (mgmt), times its handling for the latency histogram."""
         if self.tracer.active:
             self.tracer.incoming(flow, data)
+        if data.startswith(b"SIP/2.0 ") and self.nat_keeper.pong(data):
+            return  # issue 17: a keepalive answered, taken without parsing (NatKeeper.pong)
         start = time.perf_counter()  # processing cost, not protocol time: not the Clock
         try:
             await self._on_message(flow, data)
@@ -422,9 +424,7 @@ class Server:
             self.flows.set_idle_limit(flow, self.registrar.flow_timer(flow) + self.cfg.proxy.keepalive_grace)
             self.nat.untrack(flow)
         elif result.flow_token is not None:
-            self.flows.set_idle_limit(flow, None)  # bound: kept while the binding lives
-            if flow.transport is Transport.UDP:
-                self.nat.track(flow, self.clock.now())  # issue 17: it sends no keepalives itself
+            self.nat_keeper.bound(flow, result.flow_token)  # issue 17: kept (UDP: pinged) while bound
         resp = result.response
         if self.cfg.server.server_header:
             resp.add_header("Server", self.cfg.server.server_header)

@@ -19,7 +19,11 @@ Invariants:
   bounded by ``send_timeout``; a write that fails or times out kills the flow and raises
   ``FlowGone``; nothing is ever retried on another flow here;
 - reaping is O(log n) per flow per silence period: a heap of deadlines, an entry re-armed
-  lazily from the flow's last activity when it comes due.
+  lazily from the flow's last activity when it comes due;
+- a UDP flow forgotten for silence or to make room is not dead: its 5-tuple stays valid as long
+  as our socket exists, so a verified token naming it is ``reachable`` (and tracks it again);
+  one that failed (``_UDP_FAILED``) stays dead for ``reachable``, remembered for the last
+  ``FAILED_UDP_MEMORY`` of them.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import heapq
 import itertools
 import math
 import ssl
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import attrs
@@ -55,6 +60,17 @@ _positive_int = attrs.validators.gt(0)
 _positive = attrs.validators.gt(0.0)
 _positive_or_none = attrs.validators.optional(attrs.validators.gt(0.0))
 _DEFAULT_IDLE_TIMEOUT: float | None = 600.0
+# Why a UDP flow may end that says its 5-tuple failed (RFC 5626 §5.3.1: its token gets 430);
+# the other causes (idle timeout, eviction, shutdown) only forget it.
+_UDP_FAILED = frozenset(
+    {
+        CloseCause.KEEPALIVE_TIMEOUT,
+        CloseCause.SEND_ERROR,
+        CloseCause.CLOSED_BY_SERVER,
+        CloseCause.CLOSED_BY_MANAGEMENT,
+    }
+)
+FAILED_UDP_MEMORY = 65_536
 
 
 @attrs.frozen(slots=True)
@@ -123,6 +139,8 @@ class FlowTable:
         self._udp_count = 0
         self.udp_evicted = 0
         self.udp_untracked = 0
+        # UDP flows that failed, oldest first (``reachable``; at most FAILED_UDP_MEMORY).
+        self._udp_failed: OrderedDict[Flow, None] = OrderedDict()
         self._heap: list[tuple[float, int, Tracked]] = []
         self._heap_seq = itertools.count()
         self._reaper_target = math.inf
@@ -142,6 +160,22 @@ class FlowTable:
     def is_alive(self, flow: Flow) -> bool:
         """Whether the flow is in the table (a UDP flow: has been heard from and not expired)."""
         return self._tracked(flow) is not None
+
+    def reachable(self, flow: Flow) -> bool:
+        """Whether a request may go down ``flow``, named by a verified flow token: a live flow,
+        or a UDP flow forgotten for silence or to make room (a long call's caller that never
+        registered): its 5-tuple is as valid as ever while our socket exists, so it is tracked
+        again, as if its peer had just been heard. A UDP flow that failed (a lost keepalive, a
+        send error, closed by us) stays dead (RFC 5626 §5.3.1, OB-EP-08: 430), and so does a
+        connection: a token never opens one."""
+        if self._tracked(flow) is not None:
+            return True
+        if flow.transport is not Transport.UDP or flow.serial != 0 or flow in self._udp_failed:
+            return False
+        endpoint = self._udp.get(flow.local)
+        if endpoint is None:
+            return False
+        return self.open_udp(endpoint, flow.remote, trio.current_time()) is not None
 
     def last_activity(self, flow: Flow) -> float | None:
         """trio clock time of the last bytes received on the flow, None if it is not live."""
@@ -439,6 +473,8 @@ class FlowTable:
         state = UdpFlowState(
             Flow(Transport.UDP, endpoint.local, remote, 0), now, self.limits.idle_flow_timeout
         )
+        if self._udp_failed:
+            self._udp_failed.pop(state.flow, None)  # heard from again: alive
         endpoint.flows[remote] = state
         endpoint.unbound[remote] = state
         self._udp_count += 1
@@ -478,6 +514,7 @@ class FlowTable:
         if state is None:
             state = endpoint.flows[flow.remote] = UdpFlowState(flow, now, idle_limit)
             self._udp_count += 1
+        self._udp_failed.pop(flow, None)
         state.idle_limit = idle_limit
         state.explicit_limit = idle_limit is not None
         # A stored binding's flow: bound, so never evicted (it may exceed max_udp_flows).
@@ -508,6 +545,10 @@ class FlowTable:
                 self._udp_count -= 1
                 if endpoint.unbound.get(flow.remote) is tracked:
                     del endpoint.unbound[flow.remote]
+            if cause in _UDP_FAILED:
+                self._udp_failed[flow] = None
+                if len(self._udp_failed) > FAILED_UDP_MEMORY:
+                    self._udp_failed.popitem(last=False)
         if detail:
             logger.debug("flow %s closed: %s (%s)", flow.id, cause, detail)
         else:

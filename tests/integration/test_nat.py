@@ -17,6 +17,8 @@ from harness import (
 )
 from trio.testing import MockClock
 
+from sipserver.sip import Request
+
 # A private address nobody listens on: a request sent to the Contact would be lost.
 PRIVATE = "192.0.2.77:5060"
 
@@ -226,3 +228,89 @@ async def test_dialog_survives_a_websocket_reconnect_of_the_same_instance(tmp_pa
                     await bob2.send(response_to(got, 200, "OK"))
                     assert (await alice.recv_response()).status == 200
                 await other.expect_nothing(0.2)
+
+
+async def test_callee_bye_reaches_an_unregistered_udp_caller_whose_flow_was_forgotten(
+    tmp_path: Path, autojump: MockClock
+) -> None:
+    """Issue 17, OB-CS-05 / OB-EP-09: a long call from a UDP caller that never registered. Its
+    flow is forgotten after limits.idle_flow_timeout of silence, but a UDP 5-tuple stays valid
+    as long as our socket exists: the callee's BYE, whose Route token names that flow, still
+    reaches the caller's source address (it was 430 before). OB-EP-08: a UDP flow that failed
+    (here: closed by the server; likewise a missed keep-alive) stays dead: 430."""
+    import trio
+
+    from sipserver.outbound.flow import CloseCause
+
+    async with running_server(tmp_path, nat={"keepalive": False}, limits={"idle_flow_timeout": 5.0}) as server:
+        bob = await UdpUA.open(addr(server, "udp"))
+        await reg_plain(bob, "bob")
+        alice = await UdpUA.open(addr(server, "udp"))  # never registers
+        await alice.send(request(alice, "INVITE", "sip:bob@example.com", call_id="long1", from_tag="a1",
+                                 contact=f"<sip:alice@{PRIVATE}>"))
+        inv = await bob.recv_request()
+        rr = inv.header_values("record-route")
+        await bob.send(response_to(inv, 200, "OK", to_tag="b1", contact=f"<sip:bob@{PRIVATE}>"))
+        while (r := await alice.recv_response()).status < 200:
+            pass
+        assert r.status == 200
+
+        def alice_flow_tracked() -> bool:
+            return any(fi.remote[1] == alice.local[1] for fi in server.flows.snapshot())
+
+        assert alice_flow_tracked()
+        await trio.sleep(8.0)  # a long, silent call: past idle_flow_timeout (virtual time)
+        assert not alice_flow_tracked()
+        for cseq in (2, 3):
+            bye = request(bob, "BYE", f"sip:alice@{PRIVATE}", call_id="long1", from_user="bob", from_tag="b1",
+                          to="sip:alice@example.com", to_tag="a1", cseq=cseq, routes=rr)
+            await bob.send(bye)
+            got = await alice.recv_request()
+            assert got.method == "BYE" and got.call_id == "long1" and got.uri_text == f"sip:alice@{PRIVATE}"
+            await alice.send(response_to(got, 200, "OK"))
+            assert (await bob.recv_response()).status == 200
+            await trio.sleep(8.0)  # forgotten again after the BYE; the second one still gets there
+        assert not alice_flow_tracked()
+        await alice.send("\r\n\r\n")  # heard once more, then the flow fails
+        await alice.expect_nothing(0.2)
+        flow = next(fi.flow for fi in server.flows.snapshot() if fi.remote[1] == alice.local[1])
+        server.flows.close(flow, CloseCause.CLOSED_BY_MANAGEMENT)
+        await bob.send(request(bob, "BYE", f"sip:alice@{PRIVATE}", call_id="long1", from_user="bob", from_tag="b1",
+                               to="sip:alice@example.com", to_tag="a1", cseq=4, routes=rr))
+        assert (await bob.recv_response()).status == 430
+        await alice.expect_nothing(0.3)
+
+
+async def test_a_flow_whose_binding_is_gone_is_released(tmp_path: Path, autojump: MockClock) -> None:
+    """Issue 17: a flow is kept only while a binding lives on it. A UDP phone without outbound
+    that unregisters gets no more keepalive OPTIONS; a TCP phone without outbound whose binding
+    expired has its connection closed after limits.idle_flow_timeout of silence, instead of
+    being held open for good."""
+    import pytest
+    import trio
+    from harness import TcpUA
+
+    nat = {"keepalive_interval": 2.0}
+    async with running_server(tmp_path, nat=nat, limits={"idle_flow_timeout": 5.0},
+                              registrar={"min_expires": 10}) as server:
+        bob = await UdpUA.open(addr(server, "udp"))
+        await reg_plain(bob, "bob", call_id="rb", cseq=1)
+        ping = await bob.recv_request(timeout=5)
+        assert ping.method == "OPTIONS"
+        await bob.send(response_to(ping, 200, "OK"))
+        await bob.send(register(bob, "bob", contact=f"<sip:bob@{PRIVATE}>", supported=None, call_id="rb",
+                                cseq=2, expires=0))
+        while isinstance(r := await bob.recv(), Request):  # a ping may cross the un-REGISTER
+            await bob.send(response_to(r, 200, "OK"))
+        assert r.status == 200
+        await bob.expect_nothing(3 * 2.0)  # no more pings once the binding is gone
+
+        carol = await TcpUA.open(addr(server, "tcp"))
+        await carol.send(register(carol, "carol", contact=f"<sip:carol@{PRIVATE};transport=tcp>", supported=None,
+                                  expires=10))
+        assert (await carol.recv_response()).status == 200
+        await trio.sleep(8.0)  # bound: kept past idle_flow_timeout while the binding lives
+        assert server.store.lookup("carol@example.com", server.clock.wall())
+        with pytest.raises(EOFError):  # expired at 10 s; the connection then idles out
+            await carol.recv_raw(timeout=30.0)
+        assert not server.store.lookup("carol@example.com", server.clock.wall())
