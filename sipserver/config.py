@@ -786,8 +786,10 @@ class ProxyConfig:
     keepalive_grace: float = _opt(
         20.0,
         _Float(0.0),
-        "Seconds added to registrar.flow_timer before an outbound flow that sent no "
-        "keep-alive is declared dead and its bindings removed (RFC 5626 §4.4).",
+        "Seconds of silence allowed beyond the Flow-Timer granted to an outbound flow "
+        "(registrar.flow_timer_udp on UDP, registrar.flow_timer otherwise): a flow from which "
+        "nothing arrived (no SIP, CRLF or STUN) for Flow-Timer plus this long is closed as "
+        "\"keepalive timeout\" and its bindings are removed (RFC 5626 §4.4, §5.4).",
     )
 
 
@@ -856,8 +858,10 @@ class LimitsConfig:
     idle_flow_timeout: float = _opt(
         300.0,
         _Float(0.0, exclusive=True),
-        "Seconds a connection that carries no binding may stay idle before it is closed. "
-        "Flows with outbound bindings follow flow_timer + keepalive_grace instead.",
+        "Seconds a flow that carries no binding may stay silent before it is closed (a UDP "
+        "flow is forgotten, but a flow token naming it still reaches it). Flows with outbound "
+        "bindings follow the Flow-Timer + proxy.keepalive_grace instead; flows with other "
+        "bindings are kept while the bindings live.",
     )
     max_headers: int = _opt(256, _Int(8), "Most header fields in one message.")
     max_vias: int = _opt(32, _Int(1), "Most Via header values in one message.")
@@ -917,8 +921,10 @@ class AuthConfig:
     trust_registered_flows: bool = _opt(
         True,
         _Bool(),
-        "Requests arriving on a flow that carries an authenticated outbound registration are "
-        "not challenged again.",
+        "A request arriving on a flow on which an authenticated REGISTER of a user bound a "
+        "binding that is still alive (outbound or not, any transport) counts as that user's "
+        "without a new challenge; a From naming another of our users still gets 403. Over UDP "
+        "a flow is only a source address and port.",
     )
     max_failures: int = _opt(
         10,
@@ -929,7 +935,13 @@ class AuthConfig:
     failure_window: float = _opt(
         60.0, _Float(0.0, exclusive=True), "Seconds over which failures are counted."
     )
-    ban_time: float = _opt(600.0, _Float(0.0), "Seconds a banned address is ignored.")
+    ban_time: float = _opt(
+        600.0,
+        _Float(0.0),
+        "Seconds an address stays banned: every request from it that needs authentication is "
+        "answered 403 Forbidden (too many failed authentications) without looking at its "
+        "credentials; 0 disables banning.",
+    )
     algorithms: tuple[str, ...] = _opt(
         ("SHA-256", "MD5"),
         _NonEmptyList(_Choice(("SHA-256", "MD5"))),

@@ -50,6 +50,7 @@ def flow_table(cfg: Config) -> FlowTable:
         limits=FlowLimits(
             max_connections=lim.max_connections,
             max_connections_per_ip=lim.max_connections_per_ip,
+            max_udp_flows=lim.max_udp_flows,
             partial_message_timeout=lim.partial_message_timeout,
             idle_flow_timeout=lim.idle_flow_timeout,
             max_message_size=lim.max_message_size,

@@ -1,9 +1,11 @@
 """Persistence of bindings across restarts: SQLite with group commit, or nothing at all.
 
 The in-memory ``LocationStore`` answers every lookup; this layer only mirrors it so a restart does
-not forget registrations. The runtime hands ``write_batch`` the changes of every REGISTER handled
-in one batch (from a worker thread) and sends their 200 OKs once it returns, so a 200 OK is never
-sent for a binding that is not on disk, and durability costs one commit per batch.
+not forget registrations. The runtime collects the changes of every REGISTER handled in one
+batch, has them written in one transaction by a child process (``sipserver.store_writer``, which
+runs ``write_rows`` on rows made by ``batch_rows``) and sends their 200 OKs once it is committed,
+so a 200 OK is never sent for a binding that is not on disk, and durability costs one commit per
+batch.
 
 Invariants:
 - One table, ``bindings``, one row per binding, keyed by ``BindingKey.text``; the row holds the
