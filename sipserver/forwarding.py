@@ -284,7 +284,7 @@ class Forwarder:
         """The branch's offer went to rtpengine (issue 18); in the call's media lane."""
         s = self.server
         assert s.media is not None
-        outcome = await s.media.client.run_step(step)
+        outcome = await s.media.run_step(step)
         ctx = job.context
         if branch_id not in ctx.pending_branches():
             return  # ended meanwhile (timer C)

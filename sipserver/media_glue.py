@@ -11,11 +11,13 @@ Invariants:
   each call has one *lane*, a FIFO of work run by one task of its own, so a call's ng commands
   and the messages that wait on them keep their order while other calls and other messages go
   on (rtpengine down: the wait is the client's timeout budget, for that call only).
-- A message of a call whose lane is busy goes through the lane too (after the earlier work), so
+- A message of a call whose lane still holds messages goes through the lane too (after them), so
   a 180 never overtakes the 183 whose SDP is still with rtpengine.
-- A delete never holds a message back: the BYE, CANCEL or final response goes on at once; the
-  delete runs in the lane afterwards (after any offer still in flight, so rtpengine never
-  re-creates a call it was told to delete).
+- A delete never holds a message back: the BYE, CANCEL or final response goes on at once (a
+  queued delete does not make a lane hold messages); the delete runs in the lane afterwards,
+  after any offer still in flight, so rtpengine never re-creates a call it was told to delete.
+- A step whose command could not run at all (a bug, the client stopped) finishes as "no
+  rtpengine answered", so its branch fails or its message passes: nothing waits for timer C.
 - Work in a lane that fails is logged; it never takes the server down.
 """
 
@@ -29,9 +31,17 @@ from typing import Any
 import trio
 
 from .clock import Clock
-from .media import MediaMetrics, MediaSessions, MediaSettings, MediaStep, StepKind
+from .media import (
+    MediaMetrics,
+    MediaOutcome,
+    MediaSessions,
+    MediaSettings,
+    MediaStep,
+    NgUnavailable,
+    StepKind,
+)
 from .media.client import NgClient
-from .sip import Message, ParseError
+from .sip import Message, ParseError, Response
 
 __all__ = ["MediaGlue", "Work"]
 
@@ -54,7 +64,9 @@ class MediaGlue:
         self.metrics = MediaMetrics()
         self.client = NgClient.from_section(section, self.metrics)
         self.sessions = MediaSessions(MediaSettings.from_section(section), self.metrics)
-        self._lanes: dict[str, deque[Work]] = {}
+        self._lanes: dict[str, deque[tuple[Work, bool]]] = {}
+        self._queued: dict[str, int] = {}  # call-id -> queued work that carries a message
+        self._active: dict[str, trio.lowlevel.Task] = {}  # call-id -> lane task running such work
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -66,39 +78,72 @@ class MediaGlue:
 
     # ------------------------------------------------------------------ lanes
     def busy(self, call_id: str | None) -> bool:
-        return call_id is not None and call_id in self._lanes
+        """A message of ``call_id`` must queue: messages of the call are queued in its lane, or
+        one is being worked on by another task (the lane's own work sends in order)."""
+        if call_id is None:
+            return False
+        if call_id in self._queued:
+            return True
+        task = self._active.get(call_id)
+        return task is not None and task is not trio.lowlevel.current_task()
 
-    def submit(self, call_id: str, work: Work) -> None:
-        """Run ``work`` after everything already queued for ``call_id``."""
+    def submit(self, call_id: str, work: Work, *, holds: bool = True) -> None:
+        """Run ``work`` after everything already queued for ``call_id``; ``holds``: it carries
+        a message (later messages of the call must queue behind it)."""
+        if holds:
+            self._queued[call_id] = self._queued.get(call_id, 0) + 1
         lane = self._lanes.get(call_id)
         if lane is not None:
-            lane.append(work)
+            lane.append((work, holds))
             return
         if self._nursery is None:
             raise RuntimeError("MediaGlue is not running: start it with nursery.start(glue.run)")
-        self._lanes[call_id] = deque([work])
-        self._nursery.start_soon(self._drain, call_id)
+        self._lanes[call_id] = deque([(work, holds)])
+        try:
+            self._nursery.start_soon(self._drain, call_id)
+        except RuntimeError:  # shutting down: rtpengine ends the call by its own timeout
+            del self._lanes[call_id]
+            self._queued.pop(call_id, None)
+            log.debug("media: call %s: shutting down, its media work is dropped", call_id)
 
     async def _drain(self, call_id: str) -> None:
         lane = self._lanes[call_id]
+        me = trio.lowlevel.current_task()
         try:
             while lane:
-                work = lane.popleft()
+                work, holds = lane.popleft()
+                if holds:
+                    left = self._queued[call_id] - 1
+                    if left:
+                        self._queued[call_id] = left
+                    else:
+                        del self._queued[call_id]
+                    self._active[call_id] = me
                 try:
                     await work()
                 except Exception:
                     log.exception("media: call %s: work after an ng command failed", call_id)
+                finally:
+                    self._active.pop(call_id, None)
         finally:
             del self._lanes[call_id]
 
+    async def run_step(self, step: MediaStep) -> MediaOutcome:
+        """Send the step's command and apply the reply; never raises."""
+        try:
+            return await self.client.run_step(step)
+        except Exception as exc:  # pragma: no cover - a bug; the transaction must still end
+            log.exception("media: %s could not be sent", step.command.name)
+            return step.finish(NgUnavailable(f"internal error: {exc!r}"))
+
     def background(self, step: MediaStep, call_id: str | None = None) -> None:
-        """A step nobody waits for (a delete): into the call's lane."""
+        """A step nobody waits for (a delete): into the call's lane, holding no message."""
         key = call_id or step.command.call_id or ""
 
         async def work() -> None:
-            await self.client.run_step(step)
+            await self.run_step(step)
 
-        self.submit(key, work)
+        self.submit(key, work, holds=False)
 
     # ------------------------------------------------------------------ relaying
     async def relay(self, msg: Message, step: MediaStep | None, send: Work) -> None:
@@ -113,7 +158,7 @@ class MediaGlue:
             rewrite = step
 
             async def work() -> None:
-                await self.client.run_step(rewrite)  # a response or an ACK: it never rejects
+                await self.run_step(rewrite)  # a response or an ACK: it never rejects
                 await send()
 
             self.submit(call_id, work)
@@ -126,8 +171,8 @@ class MediaGlue:
             self.background(step, call_id)
 
     # ------------------------------------------------------------------ events
-    def on_response(self, out: Message, branch: str | None) -> MediaStep | None:
-        return self.sessions.on_response(out, branch=branch, now=self.clock.now())  # type: ignore[arg-type]
+    def on_response(self, out: Response, branch: str | None) -> MediaStep | None:
+        return self.sessions.on_response(out, branch=branch, now=self.clock.now())
 
     def on_cancel(self, call_id: str) -> None:
         step = self.sessions.on_cancel(call_id)

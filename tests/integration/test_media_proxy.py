@@ -44,7 +44,9 @@ from test_media_rtpengine import (
 from trio.testing import MockClock
 
 from sipserver import cli
+from sipserver.media.bencode import encode
 from sipserver.media.client import NgCommandError, open_ng_client
+from sipserver.media.ng import split_message
 from sipserver.runtime import Server
 from sipserver.sip import Request, Response
 
@@ -440,3 +442,85 @@ async def test_a_call_without_bye_is_deleted_after_session_timeout(
             await trio.sleep(12)
             assert await gone(rtpengine, "m-lost"), "the call outlived media.session_timeout"
             assert "m-lost" not in server.media.sessions
+
+
+# ------------------------------------------------------------------------------ a scripted rtpengine
+
+
+class ScriptedEngine:
+    """A UDP socket speaking ng that answers only when the test says so: what the server does
+    while rtpengine has not answered yet."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+
+    @classmethod
+    async def open(cls) -> ScriptedEngine:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        return cls(sock)
+
+    async def request(self, timeout: float = 3.0) -> tuple[str, dict[bytes, Any], Any]:
+        with trio.fail_after(timeout):
+            data, peer = await self.sock.recvfrom(65535)
+        cookie, body = split_message(data)
+        return cookie, body, peer
+
+    async def reply(self, req: tuple[str, dict[bytes, Any], Any], **fields: Any) -> None:
+        cookie, _, peer = req
+        await self.sock.sendto(cookie.encode() + b" " + encode({"result": "ok", **fields}), peer)
+
+
+async def test_cancel_while_rtpengine_holds_the_offer(tmp_path: Path) -> None:
+    """Issue 18, RFC 3261 §9.2: the caller CANCELs while its offer is still with rtpengine: the
+    callee is never rung, the caller gets 487 as soon as the offer's reply is in (not held back by
+    the delete, which follows the offer so rtpengine cannot re-create the call)."""
+    engine = await ScriptedEngine.open()
+    async with media_server(tmp_path, f"udp:127.0.0.1:{engine.port}", timeout=2.0) as server:
+        phone = await reg_phone(server, "phone")
+        async with browser(server) as web:
+            br = "z9hG4bK" + secrets.token_hex(6)
+            await web.send(invite(web, "phone", "m-early-cancel", WEBRTC_OFFER, tag="e1", br=br))
+            offer = await engine.request()
+            assert offer[1][b"command"] == b"offer"
+            await web.send(
+                f"CANCEL sip:phone@example.com SIP/2.0\r\nVia: SIP/2.0/WS {web.hostport()};branch={br};rport\r\n"
+                "Max-Forwards: 70\r\nTo: <sip:phone@example.com>\r\nFrom: <sip:caller@example.com>;tag=e1\r\n"
+                "Call-ID: m-early-cancel\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+            )
+            assert (await final(web, "CANCEL")).status == 200
+            await engine.reply(offer, sdp=PHONE_SDP)
+            assert (await final(web)).status == 487  # the delete is not answered yet
+            delete = await engine.request()
+            assert delete[1][b"command"] == b"delete" and delete[1][b"call-id"] == b"m-early-cancel"
+            await engine.reply(delete)
+            await phone.expect_nothing(0.3)
+            assert server.media is not None and len(server.media.sessions) == 0
+    engine.sock.close()
+
+
+async def test_a_response_never_overtakes_one_waiting_for_rtpengine(tmp_path: Path) -> None:
+    """Issue 18: a 183 whose answer is still with rtpengine holds back the 180 that came after
+    it (same call), and only that call: the caller gets 183 (rewritten) then 180."""
+    engine = await ScriptedEngine.open()
+    async with media_server(tmp_path, f"udp:127.0.0.1:{engine.port}", timeout=2.0) as server:
+        phone = await reg_phone(server, "phone")
+        async with browser(server) as web:
+            await web.send(invite(web, "phone", "m-order", WEBRTC_OFFER, tag="o1"))
+            offer = await engine.request()
+            await engine.reply(offer, sdp=PHONE_SDP)
+            inv = await phone.recv_request()
+            assert inv.body == PHONE_SDP  # rtpengine's SDP (here: the scripted one)
+            assert (await web.recv_response(skip_provisional=False)).status == 100
+            await phone.send(answer(inv, 183, PHONE_SDP, "q1", phone))
+            answer_req = await engine.request()
+            assert answer_req[1][b"command"] == b"answer"
+            await phone.send(response_to(inv, 180, "Ringing", to_tag="q1"))
+            await web.expect_nothing(0.3)  # the 180 waits behind the 183
+            await engine.reply(answer_req, sdp=WEBRTC_ANSWER)
+            first = await web.recv_response(skip_provisional=False)
+            second = await web.recv_response(skip_provisional=False)
+            assert (first.status, second.status) == (183, 180)
+            assert first.body == WEBRTC_ANSWER
+    engine.sock.close()
