@@ -16,6 +16,7 @@ Under CI=true a missing tool (rtpengine, baresip, chromium, SIP.js) fails; elsew
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import re
 import shutil
@@ -132,46 +133,48 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     if not (SIPJS_LIB / "index.js").exists():
         msg = "SIP.js missing: npm ci in tests/interop/js"
         pytest.fail(msg) if in_ci() else pytest.skip(msg)
+    # Teardown in reverse order, every step even when one fails (no process outlives the test).
+    cleanup = contextlib.ExitStack()
     engine = start_rtpengine(tmp_path)
+    cleanup.callback(lambda: print(f"----- rtpengine log -----\n{engine.log()[-4000:]}"))
+    cleanup.callback(stop_rtpengine, engine)
     mgmt = free_port(both=False)
-    server = ServerProcess(
-        tmp_path, config=f'[media]\nrtpengine = ["{engine.address}"]\n', extra=["--mgmt", f"127.0.0.1:{mgmt}"]
-    )
-    files = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    threading.Thread(target=files.serve_forever, daemon=True).start()
-    browsers: list[Browser] = []
-    phones: list[Baresip] = []
+    with cleanup:
+        server = ServerProcess(
+            tmp_path, config=f'[media]\nrtpengine = ["{engine.address}"]\n', extra=["--mgmt", f"127.0.0.1:{mgmt}"]
+        )
+        cleanup.callback(lambda: print(f"----- server log -----\n{server.log_path.read_text(errors='replace')[-8000:]}"))
+        cleanup.callback(server.stop)
+        files = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+        threading.Thread(target=files.serve_forever, daemon=True).start()
+        cleanup.callback(files.shutdown)
+        yield from _factory(exe, tmp_path, engine, server, mgmt, files, cleanup)
+
+
+def _factory(
+    exe: str, tmp_path: Path, engine: RtpEngine, server: ServerProcess, mgmt: int,
+    files: ThreadingHTTPServer, cleanup: contextlib.ExitStack,
+) -> Iterator[Callable[..., Any]]:
 
     def make(kind: str, name: str, query: str = "") -> Any:
         if kind == "browser":
             url = (f"http://127.0.0.1:{files.server_address[1]}/index.html?server=ws://127.0.0.1:{server.ws_port}"
                    f"&domain={DOMAIN}&register=1&stats=1&user={name}{query}")
             b = Browser(exe, url, tmp_path / f"chromium-{name}")
-            browsers.append(b)
+            cleanup.callback(lambda: print(f"----- chromium {name} -----\n{b.stop()}"))
             return b
         dumps = tmp_path / f"audio-{name}"
         dumps.mkdir()
         phone = Baresip(tmp_path, name, MEDIA_CONFIG + f"module                  sndfile.so\nsnd_path                {dumps}\n")
         phone.dumps = dumps  # type: ignore[attr-defined]
-        phones.append(phone)
+        cleanup.callback(lambda: print(f"----- baresip {name} -----\n{phone.output()[-4000:]}"))
+        cleanup.callback(phone.stop)
         return phone
 
     make.engine = engine  # type: ignore[attr-defined]
     make.server = server  # type: ignore[attr-defined]
     make.mgmt = mgmt  # type: ignore[attr-defined]
-    try:
-        yield make
-    finally:
-        for phone in phones:
-            phone.stop()
-            print(f"----- baresip {phone.name} -----\n{phone.output()[-4000:]}")
-        for b in browsers:
-            print(f"----- chromium -----\n{b.stop()}")
-        files.shutdown()
-        server.stop()
-        print(f"----- server log -----\n{server.log_path.read_text(errors='replace')[-8000:]}")
-        stop_rtpengine(engine)
-        print(f"----- rtpengine log -----\n{engine.log()[-4000:]}")
+    yield make
 
 
 def mgmt_json(port: int, path: str) -> Any:
