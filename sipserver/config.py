@@ -333,6 +333,41 @@ def parse_host_port(text: str, *, allow_zero: bool = True) -> tuple[str, int]:
         raise ConfigError(f"bad address {_show(text)}: {exc}") from None
 
 
+def _redis_url(text: str) -> str:
+    """store.redis_url: a URL the redis client accepts (checked here, so a typo fails at
+    start-up with the key to fix, not at the first REGISTER)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if url.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            f"must start with redis://, rediss:// or unix://, not {url.scheme + '://' if url.scheme else 'no scheme'}"
+        )
+    if url.scheme == "unix":
+        if not url.path:
+            raise ValueError("unix:// needs the socket path (unix:///run/redis/redis.sock)")
+        db = parse_qs(url.query).get("db", ["0"])[-1]
+    else:
+        if not url.hostname:
+            raise ValueError("needs a host (redis://127.0.0.1:6379/0)")
+        if port == 0:
+            raise ValueError("port must be 1..65535")
+        db = url.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ValueError(f"database must be a number, not {db!r}")
+    return text
+
+
+def _redis_key_prefix(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:{}-]{0,64}", text):
+        raise ValueError("must be at most 64 letters, digits or _ . : { } -")
+    return text
+
+
 # --------------------------------------------------------------------------------------------
 # Field checkers: each turns a raw TOML value into the stored value or raises ConfigError.
 
@@ -984,11 +1019,36 @@ class StoreConfig:
 
     backend: str = _opt(
         "sqlite",
-        _Choice(("sqlite", "memory")),
-        "`sqlite` keeps bindings across restarts; `memory` loses them on exit.",
+        _Choice(("sqlite", "memory", "redis")),
+        "`sqlite` keeps bindings across restarts; `memory` loses them on exit; `redis` keeps "
+        "them in the Redis server at `store.redis_url`, one key per binding with a Redis TTL "
+        "of the binding's remaining lifetime (docs/redis.md).",
     )
     path: str = _opt(
         "", _Str("path"), 'SQLite database file; "" means `<data_dir>/location.sqlite`.'
+    )
+    redis_url: str = _opt(
+        "redis://127.0.0.1:6379/0",
+        _Str("URL", _redis_url, hidden=True),
+        "Redis server of `backend = \"redis\"`: `redis://[[user]:password@]host[:port][/db]`, "
+        "`rediss://` for TLS, or `unix:///path/to/redis.sock[?db=N]`. It must be reachable at "
+        "start-up (the live bindings are loaded from it); while it is not, REGISTERs are "
+        "answered 503 with Retry-After and calls still route to the bindings already known.",
+    )
+    redis_key_prefix: str = _opt(
+        "sipserver:",
+        _Str("string", _redis_key_prefix),
+        "Prefix of this server's Redis keys (a binding is `<prefix>binding:<key>`), so other "
+        "data, or another server, can share the database.",
+    )
+    redis_timeout: float = _opt(
+        1.0,
+        _Float(0.0, exclusive=True),
+        "Seconds to connect to Redis or wait for one of its answers; a write that fails (after "
+        "one retry on a fresh connection) answers its REGISTERs 503.",
+    )
+    redis_retry_after: int = _opt(
+        5, _Int(1, 3600), "Retry-After (seconds) of the 503 answered while Redis is unreachable."
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import Any
 
 import attrs
 
@@ -12,10 +13,12 @@ from .auth.credentials import CredentialStore
 from .auth.digest import DigestAuthenticator
 from .auth.gate import AuthGate
 from .auth.limits import FailureBan, TokenBucketLimiter
+from .commit import GroupCommit, ReplySender
 from .config import Config
 from .outbound.flowtoken import FlowTokenCodec
 from .outbound.keyfile import load_or_create_key, parse_secret
-from .registrar import RegistrarSettings
+from .registrar import MemoryPersistence, RegistrarSettings, SqlitePersistence
+from .store_writer import StoreWriterProcess
 from .transport.flows import FlowLimits, FlowTable
 
 
@@ -57,6 +60,19 @@ def flow_table(cfg: Config) -> FlowTable:
             udp_warn_size=lim.udp_warn_size,
         ),
     )
+
+
+def location_store(cfg: Config, send_reply: ReplySender) -> tuple[Any, GroupCommit]:
+    """store.backend: what ``Server.run`` loads the bindings from at start-up (SQLite is opened
+    here, so a bad path fails at once), and the group commit whose store-writer child process
+    writes every change from then on (off the event loop's GIL)."""
+    if cfg.store.backend == "redis":
+        from .redis_store import open_redis  # the redis client is imported only when used
+
+        return open_redis(cfg.store, send_reply)
+    if cfg.store.backend == "sqlite":
+        return SqlitePersistence(cfg.store_path), GroupCommit(StoreWriterProcess(str(cfg.store_path)), send_reply)
+    return MemoryPersistence(), GroupCommit(None, send_reply)
 
 
 def registrar_settings(cfg: Config) -> RegistrarSettings:

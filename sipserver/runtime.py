@@ -28,7 +28,6 @@ import trio
 from . import parts
 from .auth.credentials import CredentialStore
 from .clock import Clock
-from .commit import GroupCommit
 from .config import Config
 from .forwarding import Forwarder, ServerTransaction
 from .gcpace import GcPacer
@@ -44,10 +43,8 @@ from .proxy.procedure import Forward, ProxyCore, ProxySettings, Register, Reply
 from .proxy.routing import KNOWN_METHODS, LocalIdentity, response_flow, stamp_received
 from .registrar import (
     LocationStore,
-    MemoryPersistence,
     Put,
     Registrar,
-    SqlitePersistence,
     survives_restart,
 )
 from .registrar import RemovalCause as StoreRemoval
@@ -55,7 +52,6 @@ from .sip import ParseError, Request, Response, make_response, parse_message
 from .sip.build import phrase_with_detail
 from .sip.framer import FramingError
 from .sip.limits import over_limits
-from .store_writer import StoreWriterProcess
 from .transaction import (
     InviteClientTransaction,
     InviteServerTransaction,
@@ -88,15 +84,8 @@ class Server:
         self.stats: dict[str, int] = {}
         self.codec, key = parts.flow_token_codec(cfg)
         self.identity = LocalIdentity(domains=set(cfg.server.domains))
-        # SQLite: opened here (a bad path fails at start-up) and read by ``run``; from then on
-        # a child process writes it (store_writer: SQLite off the event loop's GIL).
-        writer = None
-        if cfg.store.backend == "sqlite":
-            self.persistence: Any = SqlitePersistence(cfg.store_path)
-            writer = StoreWriterProcess(str(cfg.store_path))
-        else:
-            self.persistence = MemoryPersistence()
-        self.commit = GroupCommit(writer, self.respond)
+        # store.backend (SQLite, Redis or memory): read by ``run``, then written by a child process.
+        self.persistence, self.commit = parts.location_store(cfg, self.respond)
         self.store = LocationStore()
         self.registrar = Registrar(parts.registrar_settings(cfg), self.store, self.codec, is_local_domain=self.identity.is_local_domain)
         self.timers = TimerConfig(t1=cfg.transaction.t1, t2=cfg.transaction.t2, t4=cfg.transaction.t4)

@@ -1,4 +1,6 @@
-"""The SQLite location file written by a child process.
+"""The location store written by a child process: the SQLite file, or Redis (``store.backend =
+"redis"``, ``sipserver.redis_store``: same protocol, ``--redis`` on the child's command line and
+the connection settings in its environment, so a password in the URL never shows in ``ps``).
 
 Why a process and not a thread: CPython's ``sqlite3`` lets go of the GIL around every statement
 step and takes it back afterwards. With the event loop busy, each take-back waited up to the GIL
@@ -25,8 +27,8 @@ import pickle
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
-from typing import BinaryIO
+from collections.abc import Callable, Sequence
+from typing import BinaryIO, Protocol
 
 import trio
 
@@ -58,8 +60,9 @@ class StoreWriterProcess:
         # The child imports this package from where the parent found it, whatever its cwd.
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        env.update(self._child_env())
         self._proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "sipserver.store_writer", self.path, self.synchronous],
+            [sys.executable, "-m", "sipserver.store_writer", *self._child_args()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -72,6 +75,14 @@ class StoreWriterProcess:
         if error:
             await self._reap()
             raise PersistenceError(error)
+
+    def _child_args(self) -> list[str]:
+        """The child's command-line arguments (after ``-m sipserver.store_writer``)."""
+        return [self.path, self.synchronous]
+
+    def _child_env(self) -> dict[str, str]:
+        """Extra environment variables for the child."""
+        return {}
 
     @property
     def pid(self) -> int | None:
@@ -170,7 +181,17 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
     return data
 
 
+class _RowWriter(Protocol):
+    def write_rows(self, puts: Sequence[PutRow], deletes: Sequence[DeleteRow]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def _child(path: str, synchronous: str) -> int:
+    return _serve_child(lambda: SqlitePersistence(path, synchronous=synchronous))  # type: ignore[arg-type]
+
+
+def _serve_child(open_store: Callable[[], _RowWriter]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin = sys.stdin.buffer
@@ -182,7 +203,7 @@ def _child(path: str, synchronous: str) -> int:
         stdout.flush()
 
     try:
-        store = SqlitePersistence(path, synchronous=synchronous)  # type: ignore[arg-type]
+        store = open_store()
     except PersistenceError as err:
         reply(str(err) or "cannot open the location database")
         return 1
@@ -219,6 +240,10 @@ def _child(path: str, synchronous: str) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--redis"]:
+        from .redis_store import child_store  # the redis client is imported by this child only
+
+        sys.exit(_serve_child(child_store))
     if len(sys.argv) != 3:
         print("usage: python -m sipserver.store_writer DATABASE FULL|NORMAL", file=sys.stderr)
         sys.exit(2)
