@@ -3,7 +3,7 @@
 # registrar job, on the same machine, with the same clients.
 #
 #   scripts/bench/compare.sh [--rounds N] [--quick] [--only WORKLOAD[,WORKLOAD..]]
-#                            [--wait-idle SECONDS] [--keep] [--check]
+#                            [--capacity | --no-capacity] [--wait-idle SECONDS] [--keep] [--check]
 #
 # Servers (both on 127.0.0.1, free ports, started fresh for every measurement, stopped after):
 #   sipserver  `$PYTHON -m sipserver run -c FILE` from this checkout: SQLite location store (the
@@ -37,15 +37,52 @@
 # CPU: user+system seconds of the server's whole process tree over the measured phase (from
 # /proc/PID/stat), and of the clients (sipp / Python load client, via /usr/bin/time).
 #
-# Output: one line per run as it goes, then the table (median of the rounds, ratio =
-# sipserver / Kamailio; the table says which direction is better), and LAST one line of
-# key=value pairs: <workload>_sipserver= <workload>_kamailio= <workload>_ratio=
-# <workload>_cpu_sipserver= <workload>_cpu_kamailio= for every workload run.
+# Capacity sweeps (reg_udp, reg_tcp, calls; after the fixed-rate workloads, or alone with
+# --capacity; --no-capacity skips them). The fixed-rate rows above offer a rate both servers
+# carry, so their throughput ratio reads 1.0; the sweep finds where each one gives out:
+#   capacity     the highest offered rate at which a step had 0 failed requests (no 200 within
+#                SWEEP_RECV_TIMEOUT_MS counts as failed), achieved >= 95% of the offered rate
+#                (successful requests over first-to-last response) and p99 < SWEEP_P99_MS
+#   sweep        SWEEP_REG_START (REGISTER/s) or SWEEP_CALL_START (calls/s), times SWEEP_FACTOR per
+#                step until a step fails (at most SWEEP_STEPS steps, SWEEP_MAX/s), then
+#                SWEEP_BISECT bisections between the last passing and the first failing rate;
+#                each step offers its rate for SWEEP_DUR s. The x1.5 grid is the same for both
+#                servers. A step that fails while other processes used > SWEEP_BUSY_S CPU seconds
+#                of its window (MACHINE_BUSY) is run once more.
+#   fresh server every STEP: each step starts its own server (empty location store, no
+#                transactions or UDP backlog left from the step before) and stops it after.
+#   load         ceil(rate / SWEEP_SIPP_RATE) sipp processes share a REGISTER step (reg_tcp: one
+#                TCP connection each), ceil(rate / SWEEP_CALLER_RATE) callers and ceil(rate /
+#                SWEEP_CALLEE_RATE) callee processes (splitting CALLEES) a calls step.
+#   readings     from 0.5 s after the clients start to 0.5 s before they stop sending: the
+#                server's cores, the busiest sipp process's cores, the machine's cores (sum over
+#                all processes) and other_cpu_s (CPU used by neither server nor clients).
+#   limits       the first failing rate above the capacity says who gave out: "sipp" when a sipp
+#                process used >= SIPP_LIMIT_CORES of a core there (the key <w>_sipp_limited=1:
+#                the capacity is then a lower bound; raise the process count by lowering
+#                SWEEP_SIPP_RATE / SWEEP_CALLER_RATE / SWEEP_CALLEE_RATE), "machine" when all CPUs
+#                were >= 90% busy (server and clients share this machine), else "server".
+#   per_cpu_s    successful requests (calls) per server CPU second in the step at the highest
+#                grid rate both servers passed: the same offered rate, the same work.
+# Defaults: SWEEP_DUR=5 SWEEP_FACTOR=1.5 SWEEP_STEPS=12 SWEEP_BISECT=3 SWEEP_REG_START=2000
+# SWEEP_CALL_START=200 SWEEP_MAX=100000 SWEEP_P99_MS=50 SWEEP_RECV_TIMEOUT_MS=2000
+# SWEEP_SIPP_RATE=25000 SWEEP_CALLER_RATE=5000 SWEEP_CALLEE_RATE=5000 SIPP_LIMIT_CORES=0.85
+# SWEEP_BUSY_S=1; about 6 minutes for the three workloads x two servers on an idle 2-core
+# machine. --quick: SWEEP_DUR=2, 2 steps, no bisection (about a minute with --capacity): it
+# checks the set-up, it does not find the capacity.
 #
-# --rounds: default 2 (1 with --quick). --quick: short and small (about 3 minutes) to check the
-# script works. Sizes can be overridden
+# Output: one line per run or sweep step as it goes, then the tables (fixed rate: median of the
+# rounds, ratio = sipserver / Kamailio, the table says which direction is better; capacity:
+# one row per workload, then every step), and LAST one line of key=value pairs:
+# <workload>_sipserver= <workload>_kamailio= <workload>_ratio= <workload>_cpu_sipserver=
+# <workload>_cpu_kamailio= for every fixed-rate workload run, and for every sweep
+# <w>_capacity_sipserver= <w>_capacity_kamailio= <w>_capacity_ratio= <w>_per_cpu_s_sipserver=
+# <w>_per_cpu_s_kamailio= <w>_per_cpu_s_ratio= <w>_per_cpu_s_rate= <w>_sipp_limited=.
+#
+# --rounds: default 2 (1 with --quick). --quick: short and small (about 3 minutes, the sweep
+# included) to check the script works. Sizes can be overridden
 # from the environment: REG_RATE REG_TCPN_RATE REG_DUR CALL_RATE CALL_DUR CALLEES FLOWS KA_INTERVAL KA_DUR
-# FO_CLOSE FO_430.
+# FO_CLOSE FO_430, and the SWEEP_* values above.
 # Installs nothing. Exit: 0 ran (failed requests are reported, not fatal), 1 a server did not
 # start or failed the pre-flight REGISTER, 2 a tool is missing or bad usage.
 # Other load on the machine skews every figure: each run reports other_cpu_s, the CPU seconds
@@ -70,6 +107,7 @@ ONLY=""
 KEEP="${KEEP_WORK:-0}"
 IDLE_WAIT=0
 CHECK=0
+CAPACITY_MODE=both     # both | only (--capacity) | none (--no-capacity)
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) [ $# -ge 2 ] || usage; ROUNDS="$2"; shift 2 ;;
@@ -78,6 +116,8 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1; shift ;;
         --wait-idle) [ $# -ge 2 ] || usage; IDLE_WAIT="$2"; shift 2 ;;
         --check) CHECK=1; shift ;;
+        --capacity) CAPACITY_MODE=only; shift ;;
+        --no-capacity) CAPACITY_MODE=none; shift ;;
         -h|--help) usage ;;
         *) usage ;;
     esac
@@ -127,6 +167,25 @@ else
     : "${FLOWS:=5000}" "${KA_INTERVAL:=5}" "${KA_DUR:=15}" "${FO_CLOSE:=5}" "${FO_430:=20}"
 fi
 CALL_TOTAL=$((CALL_RATE * CALL_DUR))
+# capacity sweep (see "capacity sweep" below)
+if [ "$QUICK" = 1 ]; then
+    : "${SWEEP_DUR:=2}" "${SWEEP_STEPS:=2}" "${SWEEP_BISECT:=0}" "${SWEEP_REG_START:=1000}" "${SWEEP_CALL_START:=100}"
+else
+    : "${SWEEP_DUR:=5}" "${SWEEP_STEPS:=12}" "${SWEEP_BISECT:=3}" "${SWEEP_REG_START:=2000}" "${SWEEP_CALL_START:=200}"
+fi
+: "${SWEEP_FACTOR:=1.5}" "${SWEEP_MAX:=100000}" "${SWEEP_P99_MS:=50}" "${SWEEP_RECV_TIMEOUT_MS:=2000}"
+: "${SWEEP_SIPP_RATE:=25000}" "${SWEEP_CALLER_RATE:=5000}" "${SWEEP_CALLEE_RATE:=5000}" "${SIPP_LIMIT_CORES:=0.85}"
+: "${SWEEP_BUSY_S:=1}"
+export SIPP_LIMIT_CORES SWEEP_BUSY_S
+[[ "$SWEEP_DUR" =~ ^[0-9]+$ && "$SWEEP_DUR" -ge 2 ]] || { echo "SWEEP_DUR must be >= 2 (s)" >&2; exit 2; }
+CAP_ALL="reg_udp reg_tcp calls"
+FIXED=1; CAP=1
+[ "$CAPACITY_MODE" = only ] && FIXED=0
+[ "$CAPACITY_MODE" = none ] && CAP=0
+if [ "$CAPACITY_MODE" = only ]; then
+    any=0; for w in $CAP_ALL; do selected "$w" && any=1; done
+    [ "$any" = 1 ] || { echo "--capacity: sweeps exist for $CAP_ALL only" >&2; exit 2; }
+fi
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "$(ulimit -n)" -lt $((FLOWS + 500)) ]; then
@@ -136,7 +195,9 @@ fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sipserver-compare.XXXXXX")"
 RESULTS="$WORK/results.tsv"
+CAPACITY="$WORK/capacity.tsv"
 : > "$RESULTS"
+: > "$CAPACITY"
 SERVER_PID=""
 SERVER_NAME=""
 CHILD_PIDS=""
@@ -258,13 +319,19 @@ other_cpu() {
         printf "%.2f%s", o, (o > 2 ? " MACHINE_BUSY" : "") }'
 }
 
+# busy_pct S: percentage of all CPUs the machine kept busy over the next S seconds (proc.py busy:
+# the per-process sum, or /proc/stat's tick-sampled figure if larger; the latter alone reads far
+# too low on this kind of VM).
+busy_pct() {
+    awk -v c="$("$PYTHON" "$CMP/proc.py" busy "$1")" -v n="$(nproc)" 'BEGIN { printf "%.0f", 100 * c / n }'
+}
+
 # wait_idle: with --wait-idle S, wait up to S seconds until the machine is below 10% busy.
 wait_idle() {
     [ "$IDLE_WAIT" -gt 0 ] || return 0
-    local waited=0 b0 b1 pct
+    local waited=0 pct
     while :; do
-        b0="$(busy_seconds)"; sleep 2; b1="$(busy_seconds)"
-        pct="$(awk -v a="$b0" -v b="$b1" -v n="$(nproc)" 'BEGIN { printf "%.0f", 100 * (b - a) / (2 * n) }')"
+        pct="$(busy_pct 2)"
         [ "$pct" -le 10 ] && return 0
         if [ "$waited" -ge "$IDLE_WAIT" ]; then
             echo "  (machine still ${pct}% busy after ${waited} s: running anyway)"
@@ -507,22 +574,172 @@ run_failover() {  # run_failover SERVER ROUND
         "430: rounds=$(kv "$line" f430_rounds) timeouts=$(kv "$line" f430_timeouts) p50_ms=$(kv "$line" f430_p50_ms)"
 }
 
+# ---------------------------------------------------------------- capacity sweep
+# A rising-rate sweep per workload and server; every step runs against a FRESH server (started
+# for the step, stopped after it), so no step inherits the previous one's bindings, timer-J
+# transactions, SQLite file or UDP backlog. Steps: SWEEP_START, then x SWEEP_FACTOR until a step
+# fails (or SWEEP_STEPS steps or SWEEP_MAX rate), then SWEEP_BISECT bisections between the last
+# passing and the first failing rate. A step offers RATE/s for SWEEP_DUR s and passes with 0
+# failed requests (no 200 within SWEEP_RECV_TIMEOUT_MS counts as failed), >= 95% of RATE achieved
+# and p99 < SWEEP_P99_MS. Capacity = the highest passing rate.
+# Load: ceil(RATE / SWEEP_SIPP_RATE) sipp processes share the rate (reg_tcp: one TCP connection
+# each); calls: one callee sipp per SWEEP_CALLEE_RATE calls/s, each holding its share of the
+# CALLEES. From 1 s into the step to its end, the CPU of the server, of every sipp process and of
+# the whole machine is sampled: a sipp process at >= SIPP_LIMIT_CORES of a core in the first
+# failing step marks the sweep sipp_limited (the client, not the server, may have given out).
+
+# sweep_step WORKLOAD SERVER RATE STEP PHASE: one step; appends a line to $CAPACITY (columns:
+# proc.py CAP_COLS) and sets STEP_PASS to 1 or 0.
+sweep_step() {
+    local wl=$1 srv=$2 rate=$3 step=$4 phase=$5 dir="$WORK/cap-$1-$2-$4"
+    local per_proc=$SWEEP_SIPP_RATE
+    [ "$wl" = calls ] && per_proc=$SWEEP_CALLER_RATE
+    local n=$(((rate + per_proc - 1) / per_proc))
+    local total=$((rate * SWEEP_DUR)) recv_s=$(((SWEEP_RECV_TIMEOUT_MS + 999) / 1000))
+    local mode=u1 rtd=reg
+    case "$wl" in reg_tcp) mode=t1 ;; calls) rtd=setup ;; esac
+    start_server "$srv" "$dir"
+    local callee_pids=() registered=0 ncallee=0
+    if [ "$wl" = calls ]; then
+        # callees: ceil(RATE / SWEEP_CALLEE_RATE) sipp processes, each registering its share of
+        # the CALLEES over one TCP connection per callee and answering the calls that come down them
+        ncallee=$(((rate + SWEEP_CALLEE_RATE - 1) / SWEEP_CALLEE_RATE))
+        [ "$ncallee" -le "$CALLEES" ] || ncallee=$CALLEES
+        local per=$((CALLEES / ncallee)) j cports
+        read -r -a cports < <(free_ports "$ncallee")
+        echo SEQUENTIAL > "$dir/callees.csv"
+        for j in $(seq "$ncallee"); do
+            mkdir -p "$dir/callee$j"
+            users_file "$dir/callee$j/callees.csv" "callee${j}_" "$per"
+            tail -n +2 "$dir/callee$j/callees.csv" >> "$dir/callees.csv"
+            (cd "$dir/callee$j" && exec timeout $((SWEEP_DUR + recv_s + 60)) sipp "127.0.0.1:$SIP_PORT" \
+                -sf "$CMP/callee.xml" -oocsf "$CMP/uas.xml" -inf "$dir/callee$j/callees.csv" \
+                -key domain example.com -set expect 1000000000 -t tn -p "${cports[$((j - 1))]}" \
+                -r 1000 -rp 1000 -m "$per" -l $((per + 10)) -max_socket $((per + 100)) \
+                "${SIPP_COMMON[@]}" -error_file "$dir/callee$j/errors.log" -trace_logs \
+                -log_file "$dir/callee$j/log.log" -timeout "$((SWEEP_DUR + recv_s + 50))s" \
+                >"$dir/callee$j/sipp.out" 2>&1) &
+            callee_pids+=($!)
+        done
+        for _ in $(seq 300); do
+            registered="$(cat "$dir"/callee*/log.log 2>/dev/null | grep -c '^registered' || true)"
+            [ "${registered:-0}" -ge $((per * ncallee)) ] && break
+            sleep 0.1
+        done
+        sleep 0.3
+    fi
+    local ports pids=() i share m
+    read -r -a ports < <(free_ports "$n")
+    local scpu0; scpu0="$(server_cpu)"
+    for i in $(seq "$n"); do
+        share=$((rate / n)); [ "$i" = 1 ] && share=$((rate - (n - 1) * (rate / n)))
+        m=$((share * SWEEP_DUR))
+        mkdir -p "$dir/c$i"
+        local inf="$dir/callees.csv" sf="$CMP/caller.xml"
+        if [ "$wl" != calls ]; then
+            inf="$dir/c$i/users.csv"; sf="$CMP/register.xml"
+            users_file "$inf" "s${step}p${i}_" "$m"
+        fi
+        (cd "$dir/c$i" && exec timeout $((SWEEP_DUR + recv_s + 30)) sipp "127.0.0.1:$SIP_PORT" \
+            -sf "$sf" -inf "$inf" -key domain example.com -t "$mode" -p "${ports[$((i - 1))]}" \
+            -r "$share" -rp 1000 -m "$m" -l $((share * (recv_s + 2) + 100)) -max_socket 15000 \
+            "${SIPP_COMMON[@]}" -error_file "$dir/c$i/errors.log" \
+            -timeout "$((SWEEP_DUR + recv_s + 3))s" -recv_timeout "$SWEEP_RECV_TIMEOUT_MS" \
+            -trace_stat -stf "$dir/c$i/stat.csv" -fd 1 -trace_rtt -rtt_freq "$(rtt_freq "$m")" \
+            >"$dir/c$i/sipp.out" 2>&1) &
+        pids+=($!)
+    done
+    # steady state: from 0.5 s after the clients started to 0.5 s before they stop sending
+    local sc sm mc oc
+    read -r sc sm mc oc < <("$PYTHON" "$CMP/proc.py" window 0.5 "$((SWEEP_DUR - 1))" "$SERVER_PID" \
+        "${pids[@]}" "${callee_pids[@]}")
+    local rc=0
+    for i in "${pids[@]}"; do wait "$i" || rc=$?; done
+    local scpu1; scpu1="$(server_cpu)"
+    for i in "${callee_pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
+    for i in "${callee_pids[@]}"; do wait "$i" 2>/dev/null || true; done
+    stop_server
+    local files=() rtt
+    for i in $(seq "$n"); do
+        rtt="$(find "$dir/c$i" -maxdepth 1 -name '*_rtt.csv' | head -1)"
+        files+=("$dir/c$i/stat.csv" "${rtt:-/nonexistent}")
+    done
+    local ok failed achieved p50 p99 pass reason
+    read -r ok failed achieved p50 p99 pass reason < <("$PYTHON" "$CMP/proc.py" step "$rtd" "$rate" \
+        "$((total))" "$SWEEP_P99_MS" "${files[@]}")
+    local scpu; scpu="$(awk -v a="$scpu0" -v b="$scpu1" 'BEGIN { printf "%.2f", b - a }')"
+    local nproc_s="$n"
+    if [ "$wl" = calls ]; then
+        nproc_s="$n+$ncallee"
+        [ "$registered" -ge $((CALLEES / ncallee * ncallee)) ] || reason+=",callees_registered=$registered"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$wl" "$srv" "$step" "$phase" "$rate" "$pass" "$ok" "$failed" "$achieved" "$p50" "$p99" \
+        "$scpu" "$nproc_s" "$sc" "$sm" "$mc" "$oc" "$reason" >> "$CAPACITY"
+    STEP_BUSY="$(awk -v o="$oc" -v l="$SWEEP_BUSY_S" 'BEGIN { print (o > l) ? 1 : 0 }')"
+    printf '  %-8s %-9s step %2s %-6s %6s/s: %s  achieved %s/s failed %s p50/p99 %s/%s ms; cores: server %s, sipp max %s (x%s), machine %s; other_cpu_s %s%s\n' \
+        "$wl" "$srv" "$step" "$phase" "$rate" "$([ "$pass" = 1 ] && echo pass || echo "FAIL ($reason)")" \
+        "$achieved" "$failed" "$p50" "$p99" "$sc" "$sm" "$nproc_s" "$mc" "$oc" \
+        "$([ "$STEP_BUSY" = 1 ] && echo " MACHINE_BUSY")"
+    STEP_PASS="$pass"
+    [ "$KEEP" = 1 ] || find "$dir" -name '*.csv' -size +1M -delete 2>/dev/null || true
+}
+
+# try_step WORKLOAD SERVER RATE STEP PHASE: sweep_step, run once more (phase "retry", the next
+# step number) if it failed while other processes used more than SWEEP_BUSY_S CPU seconds in
+# its window (MACHINE_BUSY). STEP is updated.
+try_step() {
+    sweep_step "$@"
+    if [ "$STEP_PASS" != 1 ] && [ "$STEP_BUSY" = 1 ]; then
+        step=$((step + 1))
+        sweep_step "$1" "$2" "$3" "$step" retry
+    fi
+}
+
+sweep() {  # sweep WORKLOAD SERVER
+    local wl=$1 srv=$2 start=$SWEEP_REG_START
+    [ "$wl" = calls ] && start=$SWEEP_CALL_START
+    local rate=$start good=0 bad=0 step=0 mid
+    wait_idle
+    while [ "$step" -lt "$SWEEP_STEPS" ]; do
+        step=$((step + 1))
+        try_step "$wl" "$srv" "$rate" "$step" grow
+        if [ "$STEP_PASS" != 1 ]; then bad=$rate; break; fi
+        good=$rate
+        rate="$(awk -v r="$rate" -v f="$SWEEP_FACTOR" 'BEGIN { printf "%d", r * f + 0.5 }')"
+        [ "$rate" -le "$SWEEP_MAX" ] || break
+    done
+    if [ "$bad" -gt 0 ]; then
+        for _ in $(seq "$SWEEP_BISECT"); do
+            mid=$(((good + bad) / 2)); [ "$mid" -ge 100 ] && mid=$(((mid + 5) / 10 * 10))
+            [ "$mid" -gt "$good" ] && [ "$mid" -lt "$bad" ] || break
+            step=$((step + 1))
+            try_step "$wl" "$srv" "$mid" "$step" bisect
+            if [ "$STEP_PASS" = 1 ]; then good=$mid; else bad=$mid; fi
+        done
+        echo "  => $wl $srv: capacity $good/s (first failing rate $bad/s)"
+    else
+        echo "  => $wl $srv: capacity >= $good/s (no step failed)"
+    fi
+}
+
 # ---------------------------------------------------------------- main
 echo "== sipserver vs Kamailio, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(free -h | awk '/^Mem:/ { print $2 }') RAM, $(uname -sr)"
 echo "versions: $("$KAMAILIO" -v 2>/dev/null | head -1 | sed 's/^version: //'); $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1); $("$PYTHON" -V 2>&1); trio $("$PYTHON" -c 'import trio; print(trio.__version__)')"
-echo "sizes: rounds=$ROUNDS REG_RATE=$REG_RATE REG_TCPN_RATE=$REG_TCPN_RATE REG_DUR=$REG_DUR CALL_RATE=$CALL_RATE CALL_DUR=$CALL_DUR CALLEES=$CALLEES FLOWS=$FLOWS KA_INTERVAL=$KA_INTERVAL KA_DUR=$KA_DUR FO_CLOSE=$FO_CLOSE FO_430=$FO_430"
-echo "workloads:$SELECTED"
+[ "$FIXED" = 1 ] && echo "sizes: rounds=$ROUNDS REG_RATE=$REG_RATE REG_TCPN_RATE=$REG_TCPN_RATE REG_DUR=$REG_DUR CALL_RATE=$CALL_RATE CALL_DUR=$CALL_DUR CALLEES=$CALLEES FLOWS=$FLOWS KA_INTERVAL=$KA_INTERVAL KA_DUR=$KA_DUR FO_CLOSE=$FO_CLOSE FO_430=$FO_430"
+[ "$CAP" = 1 ] && echo "sweep: SWEEP_DUR=$SWEEP_DUR SWEEP_FACTOR=$SWEEP_FACTOR SWEEP_STEPS=$SWEEP_STEPS SWEEP_BISECT=$SWEEP_BISECT SWEEP_REG_START=$SWEEP_REG_START SWEEP_CALL_START=$SWEEP_CALL_START SWEEP_P99_MS=$SWEEP_P99_MS SWEEP_RECV_TIMEOUT_MS=$SWEEP_RECV_TIMEOUT_MS SWEEP_SIPP_RATE=$SWEEP_SIPP_RATE SWEEP_CALLER_RATE=$SWEEP_CALLER_RATE SWEEP_CALLEE_RATE=$SWEEP_CALLEE_RATE CALLEES=$CALLEES SIPP_LIMIT_CORES=$SIPP_LIMIT_CORES (fresh server per step)"
+echo "workloads:$SELECTED$([ "$FIXED" = 0 ] && echo ' (capacity sweeps only)')$([ "$CAP" = 0 ] && echo ' (no capacity sweeps)')"
 echo "work dir: $WORK"
 
-b0="$(busy_seconds)"; sleep 3; b1="$(busy_seconds)"
-idle_busy="$(awk -v a="$b0" -v b="$b1" -v n="$(nproc)" 'BEGIN { printf "%.0f", 100 * (b - a) / (3 * n) }')"
+idle_busy="$(busy_pct 3)"
 echo "machine busy before start: ${idle_busy}% of $(nproc) CPUs over 3 s$([ "$idle_busy" -gt 10 ] && echo ' - NOT IDLE: other processes will skew the figures')"
 
 preflight sipserver
 preflight kamailio
 
 for wl in $ALL; do
+    [ "$FIXED" = 1 ] || break
     selected "$wl" || continue
     # keepalive_p99_ms is measured inside the flow_bytes_tcp run when both are selected
     if [ "$wl" = keepalive_p99_ms ] && selected flow_bytes_tcp; then continue; fi
@@ -540,5 +757,13 @@ for wl in $ALL; do
     done
 done
 
+if [ "$CAP" = 1 ]; then
+    for wl in $CAP_ALL; do
+        selected "$wl" || continue
+        echo "-- capacity $wl"
+        for srv in sipserver kamailio; do sweep "$wl" "$srv"; done
+    done
+fi
+
 echo
-"$PYTHON" "$CMP/proc.py" report "$RESULTS"
+"$PYTHON" "$CMP/proc.py" report "$RESULTS" "$CAPACITY"
