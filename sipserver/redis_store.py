@@ -45,10 +45,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 import trio
@@ -79,13 +80,14 @@ def shown_url(url: str) -> str:
     """``store.redis_url`` fit for logs and reason phrases: the password replaced by ``***``."""
     try:
         u = urlsplit(url)
-        if u.password is None:
-            return url
-        host = u.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{u.username or ''}:***@{host}" + (f":{u.port}" if u.port else "")
-        return urlunsplit((u.scheme, netloc, u.path, u.query, ""))
+        query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", u.query)
+        netloc = u.netloc
+        if u.password is not None:
+            host = u.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            netloc = f"{u.username or ''}:***@{host}" + (f":{u.port}" if u.port else "")
+        return f"{u.scheme}://{netloc}{u.path}" + (f"?{query}" if query else "")
     except ValueError:
         return "(unparsable URL)"
 
@@ -268,10 +270,7 @@ class RedisCommit(GroupCommit):
             for change in batch:
                 self.unwritten.setdefault(change.key, change)  # newer ones queued meanwhile win
             if self.reachable:
-                log.error(
-                    "Redis unreachable (%s): %s; REGISTERs are answered 503 until it answers again",
-                    self.where, err,
-                )
+                log.error("%s; REGISTERs are answered 503 until Redis answers again", err)
             self.reachable = False
             return False
         if not self.reachable:

@@ -110,3 +110,10 @@ async def test_changes_redis_has_not_taken_are_retried_without_a_new_register(au
             assert trio.current_time() - started <= 1.1  # the retry timer, once a second
             nursery.cancel_scope.cancel()
     assert len(writer.batches) == 2 and writer.batches[-1][0][0][0] == _binding("dave").key.text
+
+
+def test_shown_url_hides_passwords_in_userinfo_and_query() -> None:
+    assert shown_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert shown_url("redis://user:s3cret@10.0.0.5:6379/2") == "redis://user:***@10.0.0.5:6379/2"
+    assert shown_url("rediss://:s3cret@[::1]/0") == "rediss://:***@[::1]/0"
+    assert shown_url("unix:///run/redis.sock?db=1&password=s3cret") == "unix:///run/redis.sock?db=1&password=***"
