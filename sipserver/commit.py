@@ -37,6 +37,10 @@ class GroupCommit:
         self._pending: list[Change] = []
         self._replies: list[tuple[Any, Any]] = []
         self._wake = trio.Event()
+        # When the oldest reply still held was queued: in the next batch, or in the one being
+        # written (``age``, an overload signal).
+        self._queued_since: float | None = None
+        self._writing_since: float | None = None
 
     @property
     def durable(self) -> bool:
@@ -49,8 +53,16 @@ class GroupCommit:
             return
         self._pending.extend(changes)
         if reply is not None:
+            if not self._replies:
+                self._queued_since = trio.current_time()
             self._replies.append(reply)
         self._wake.set()
+
+    def age(self, now: float) -> float:
+        """Seconds the oldest held reply has waited for the disk (0 when none waits): the
+        group-commit queue's delay, one of the overload signals (issue 19)."""
+        since = self._writing_since if self._writing_since is not None else self._queued_since
+        return 0.0 if since is None else max(0.0, now - since)
 
     async def run(self) -> None:
         while True:
@@ -58,6 +70,7 @@ class GroupCommit:
             self._wake = trio.Event()
             batch, self._pending = self._pending, []
             replies, self._replies = self._replies, []
+            self._writing_since, self._queued_since = self._queued_since, None
             if batch and self.writer is not None:
                 try:
                     await self.writer.write_rows(*batch_rows(batch))
@@ -69,6 +82,7 @@ class GroupCommit:
                 await self._send_reply(txn, resp)
                 if i % 64 == 0:
                     await trio.lowlevel.checkpoint()  # a big batch: let the readers in too
+            self._writing_since = None
 
     async def flush(self) -> None:
         """Shutdown: write what is still queued, then let the writer process exit."""

@@ -913,14 +913,16 @@ class LimitsConfig:
         "(RFC 3261 §18.1.1 prefers a congestion-controlled transport above 1300).",
     )
     overload_queue_delay: float = _opt(
-        1.0,
+        0.05,
         _Float(0.0),
-        "Overload control: a new UDP request that waited longer than this many seconds in the "
-        "socket's receive queue (the kernel's receive timestamp, Linux) is answered 503 Service "
-        "Unavailable with Retry-After instead of being handled, which costs a fraction of "
-        "handling it, so the queue drains and the clients back off (RFC 3261 §21.5.4). ACK, "
-        "CANCEL and retransmissions of requests already handled are never refused. 0 turns it "
-        "off.",
+        "Overload control: while requests wait longer than this many seconds in the UDP "
+        "socket's receive queue (the kernel's receive timestamp, Linux) or REGISTER replies wait "
+        "longer for the location store's group commit, new requests on any transport are "
+        "answered 503 Service Unavailable with Retry-After instead of being handled, which costs "
+        "a fraction of handling them, so the queues drain and the clients back off (RFC 3261 "
+        "§21.5.4); shedding stops when both waits are under a quarter of it. ACK, CANCEL, "
+        "in-dialog requests and retransmissions of requests already handled are never refused. "
+        "0 turns it off.",
     )
     overload_retry_after: int = _opt(
         10, _Int(1), "Retry-After seconds of the overload 503 (see overload_queue_delay)."

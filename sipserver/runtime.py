@@ -345,8 +345,8 @@ class Server:
         if method == "ACK":
             await self.forwarder.forward_stateless(req, flow)
             return
-        if flow.transport is Transport.UDP and self.shedder.overloaded(self.flows.udp_queue_delay):
-            await self._shed(req, flow)
+        if self.shedder.limit > 0 and req.to_tag is None and self.shedder.overloaded(self._queue_delay(now), now):
+            await self._shed(req, flow)  # in-dialog requests (BYE above all) end work: never shed
             return
         cls = InviteServerTransaction if method == "INVITE" else NonInviteServerTransaction
         txn = cls(req, flow.transport.reliable, self.timers, now, context=response_flow(req, flow))
@@ -387,11 +387,19 @@ class Server:
         self.count("overload_rejected")
         retry = self.cfg.limits.overload_retry_after
         self._overload_log.warning(
-            "overload: UDP requests waited %.0f ms in the socket queue (limit %.0f ms); "
-            "answering new requests 503 with Retry-After: %d until it drains",
-            self.flows.udp_queue_delay * 1000, self.shedder.limit * 1000, retry,
+            "overload: requests waited %.0f ms in the UDP socket queue and replies %.0f ms for the "
+            "location store (limits.overload_queue_delay = %.0f ms); answering new requests 503 "
+            "with Retry-After: %d until both drain",
+            self.flows.udp_queue_delay * 1000, self.commit.age(self.clock.now()) * 1000,
+            self.shedder.limit * 1000, retry,
         )
         await self.reply(req, flow, 503, "Service Unavailable (overload)", [("Retry-After", str(retry))])
+
+    def _queue_delay(self, now: float) -> float:
+        """The overload signal (issue 19): the longer of the UDP socket queue's delay (kernel
+        receive timestamps; on one event loop it stands for every transport) and the age of
+        the oldest REGISTER reply held for the group commit."""
+        return max(self.flows.udp_queue_delay, self.commit.age(now))
 
     async def _on_cancel(self, req: Request, flow: Flow) -> None:
         """RFC 3261 §16.10: answer 200 hop by hop, cancel the pending branches."""

@@ -227,9 +227,10 @@ def test_udp_binding_survives_restart(tmp_path: Path, how: str) -> None:
 
 
 async def test_udp_requests_that_waited_too_long_get_503_retry_after(tmp_path: Path) -> None:
-    """Overload control (limits.overload_queue_delay, RFC 3261 §21.5.4): a new UDP request that
-    sat in the socket queue longer than the limit is answered 503 with Retry-After instead of
-    being handled; a retransmission of a request already answered still gets its answer, and
+    """Overload control (limits.overload_queue_delay, RFC 3261 §21.5.4): once requests have sat
+    in the socket queue longer than the limit for at least the limit's length of time, a new
+    UDP request is answered 503 with Retry-After instead of being handled; one stall alone
+    sheds nothing; a retransmission of a request already answered still gets its answer, and
     once the queue is short again requests are handled as usual."""
     from harness import register
 
@@ -243,6 +244,14 @@ async def test_udp_requests_that_waited_too_long_get_503_retry_after(tmp_path: P
         # for them, which in a test run may be this server's, a moment ago.
         await trio.sleep(0.2)
 
+        # One stall: the request queued behind it is late, and still handled.
+        first = register(u, "bob")
+        with socket.socket(fileno=os.dup(u.sock.fileno())) as same_port:
+            same_port.sendto(first.encode(), u.server)
+        time.sleep(0.3)
+        assert (await u.recv_response()).status == 200
+
+        # The delay persists (a second stall right after): now new requests are shed.
         late = register(u, "alice")
         # Sent without yielding to trio (so the server cannot read them yet), from the UA's port.
         with socket.socket(fileno=os.dup(u.sock.fileno())) as same_port:
