@@ -289,14 +289,22 @@ class CrackServer(ServerProcess):
         super().__init__(tmp_path, config=cfg)
 
     def stats(self) -> dict[str, Any]:
-        conn = http.client.HTTPConnection(HOST, self.mgmt_port, timeout=5)
-        try:
-            conn.request("GET", "/stats")
-            resp = conn.getresponse()
-            assert resp.status == 200
-            return json.loads(resp.read())
-        finally:
-            conn.close()
+        # The management listener may come up a moment after the SIP listeners the start-up
+        # wait watches: a refused connection is retried for a few seconds, then reported.
+        deadline = time.monotonic() + 5
+        while True:
+            conn = http.client.HTTPConnection(HOST, self.mgmt_port, timeout=5)
+            try:
+                conn.request("GET", "/stats")
+                resp = conn.getresponse()
+                assert resp.status == 200
+                return json.loads(resp.read())
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            finally:
+                conn.close()
 
 
 @pytest.fixture
