@@ -634,6 +634,9 @@ sweep_step() {
     for i in $(seq "$n"); do
         share=$((rate / n)); [ "$i" = 1 ] && share=$((rate - (n - 1) * (rate / n)))
         m=$((share * SWEEP_DUR))
+        # concurrent calls: what recv_s + 2 s of the rate needs, within the open-file limit
+        local limit=$((share * (recv_s + 2) + 100))
+        [ "$limit" -le $(($(ulimit -n) - 1000)) ] || limit=$(($(ulimit -n) - 1000))
         mkdir -p "$dir/c$i"
         local inf="$dir/callees.csv" sf="$CMP/caller.xml"
         if [ "$wl" != calls ]; then
@@ -642,7 +645,7 @@ sweep_step() {
         fi
         (cd "$dir/c$i" && exec timeout $((SWEEP_DUR + recv_s + 30)) sipp "127.0.0.1:$SIP_PORT" \
             -sf "$sf" -inf "$inf" -key domain example.com -t "$mode" -p "${ports[$((i - 1))]}" \
-            -r "$share" -rp 1000 -m "$m" -l $((share * (recv_s + 2) + 100)) -max_socket 15000 \
+            -r "$share" -rp 1000 -m "$m" -l "$limit" -max_socket 15000 \
             "${SIPP_COMMON[@]}" -error_file "$dir/c$i/errors.log" \
             -timeout "$((SWEEP_DUR + recv_s + 3))s" -recv_timeout "$SWEEP_RECV_TIMEOUT_MS" \
             -trace_stat -stf "$dir/c$i/stat.csv" -fd 1 -trace_rtt -rtt_freq "$(rtt_freq "$m")" \

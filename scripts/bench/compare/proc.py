@@ -242,6 +242,9 @@ def step_summary(rtd: str, offered: float, total: int, p99_limit: float, files: 
         if len(stamps) > 1:
             span = max(span, (max(stamps) - min(stamps)) / 1000)
     failed = max(0, total - ok)
+    # never a shorter span than the offered one: when most requests fail (a server shedding with
+    # 503) the few 200s can be bunched in a fraction of a second
+    span = max(span, (total - 1) / offered if offered > 0 else 0.0)
     achieved = ok / span if span > 0 else 0.0
     p50 = percentile(rtts, 50)
     p99 = percentile(rtts, 99)
