@@ -62,18 +62,20 @@ from .transport.errors import ConnectFailed, FlowGone
 if TYPE_CHECKING:
     from .runtime import Server
 
-
-def _top_branch(msg: Response) -> str | None:
-    try:
-        return msg.top_via.branch
-    except ParseError:
-        return None
-
 proxy_log = logging.getLogger("sipserver.proxy")
 media_log = logging.getLogger("sipserver.media")
 
 # The status line of a branch whose offer no rtpengine took (media.on_failure = reject).
 MEDIA_REJECT_REASON = "Service Unavailable (media relay unavailable)"
+
+
+def _top_branch(msg: Response) -> str | None:
+    """The top Via's branch: which of our branches a response answers (media legs)."""
+    try:
+        return msg.top_via.branch
+    except ParseError:
+        return None
+
 
 ClientTransaction = InviteClientTransaction | NonInviteClientTransaction
 ServerTransaction = InviteServerTransaction | NonInviteServerTransaction
@@ -372,7 +374,7 @@ class Forwarder:
     async def _forward_response(self, job: ProxyJob, resp: Response) -> None:
         """RFC 3261 §16.7 step 9: remove our Via, pass the response upstream."""
         out = resp.copy()
-        branch = _top_branch(out)
+        branch = _top_branch(out) if self.server.media is not None else None  # media: its leg
         out.pop_first_value("via")
         if out.has_header("via"):
             await self._respond(job, out, branch)

@@ -17,10 +17,9 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import pytest
 import trio
@@ -35,6 +34,7 @@ from harness import (
     running_server,
 )
 from trio.testing import MockClock
+from webphone_files import SIPJS_LIB, WebphoneFiles
 
 from sipserver import __version__, cli
 
@@ -647,9 +647,6 @@ def test_json_logs_end_to_end_with_mgmt(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------ web phone in a browser
 
-ROOT = Path(__file__).resolve().parents[2]
-WEBPHONE = ROOT / "examples" / "webphone"
-SIPJS_LIB = ROOT / "tests" / "interop" / "js" / "node_modules" / "sip.js" / "lib"
 
 
 def _require(ok: bool, why: str) -> None:
@@ -666,19 +663,6 @@ def _chromium() -> str | None:
         if path:
             return path
     return None
-
-
-class _WebphoneFiles(SimpleHTTPRequestHandler):
-    """examples/webphone/ at /, the interop tests' SIP.js copy at /sip.js/lib/ (README step 1)."""
-
-    def translate_path(self, path: str) -> str:
-        rel = unquote(urlsplit(path).path).lstrip("/")
-        if rel.startswith("sip.js/lib/"):
-            return str(SIPJS_LIB / rel[len("sip.js/lib/") :])
-        return str(WEBPHONE / (rel or "index.html"))
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 class _Browser:
@@ -716,7 +700,7 @@ async def test_webphones_in_headless_chromium_register_and_call(
     _require(chrome is not None, "chromium is not installed (apt-get install chromium)")
     _require((SIPJS_LIB / "index.js").exists(), "SIP.js missing: npm ci in tests/interop/js")
     assert chrome is not None
-    files = ThreadingHTTPServer(("127.0.0.1", 0), _WebphoneFiles)
+    files = ThreadingHTTPServer(("127.0.0.1", 0), WebphoneFiles)
     threading.Thread(target=files.serve_forever, daemon=True).start()
     browsers: list[_Browser] = []
 

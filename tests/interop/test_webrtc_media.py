@@ -27,10 +27,9 @@ import time
 import urllib.request
 import wave
 from collections.abc import Callable, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import pytest
 import trio
@@ -41,14 +40,13 @@ if str(REPO / "tests" / "integration") not in sys.path:
     sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from rtpengine_fixture import RtpEngine, start_rtpengine, stop_rtpengine  # noqa: E402
+from webphone_files import SIPJS_LIB, WebphoneFiles  # noqa: E402
 
 from sipserver.media.client import NgCommandError, open_ng_client  # noqa: E402
 from sipserver.media.ng import CallStats  # noqa: E402
 
 pytestmark = pytest.mark.interop
 
-WEBPHONE = REPO / "examples" / "webphone"
-SIPJS_LIB = REPO / "tests" / "interop" / "js" / "node_modules" / "sip.js" / "lib"
 TALK = 3.0  # seconds of audio before the hang-up
 
 # The interop baresip config with a sine tone as the microphone: RTP flows out from the first
@@ -66,19 +64,6 @@ def chromium() -> str:
     if in_ci():
         pytest.fail("chromium is not installed (apt-get install chromium)")
     pytest.skip("chromium is not installed (apt-get install chromium)")
-
-
-class _Files(SimpleHTTPRequestHandler):
-    """examples/webphone/ at /, the interop tests' SIP.js copy at /sip.js/lib/ (README step 1)."""
-
-    def translate_path(self, path: str) -> str:
-        rel = unquote(urlsplit(path).path).lstrip("/")
-        if rel.startswith("sip.js/lib/"):
-            return str(SIPJS_LIB / rel[len("sip.js/lib/") :])
-        return str(WEBPHONE / (rel or "index.html"))
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 class Browser:
@@ -145,7 +130,7 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         )
         cleanup.callback(lambda: print(f"----- server log -----\n{server.log_path.read_text(errors='replace')[-8000:]}"))
         cleanup.callback(server.stop)
-        files = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+        files = ThreadingHTTPServer(("127.0.0.1", 0), WebphoneFiles)
         threading.Thread(target=files.serve_forever, daemon=True).start()
         cleanup.callback(files.shutdown)
         yield from _factory(exe, tmp_path, engine, server, mgmt, files, cleanup)

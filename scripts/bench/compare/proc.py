@@ -106,6 +106,22 @@ def vmrss(pid: int) -> int:
     return 0
 
 
+def rtt_samples(rtt_csv: str, rtd: str) -> tuple[list[float], list[float]]:
+    """sipp's -trace_rtt file: (timestamps in ms, round-trip times in ms) of the ``rtd`` timer;
+    empty lists when the file is missing or unreadable."""
+    stamps: list[float] = []
+    rtts: list[float] = []
+    try:
+        for line in Path(rtt_csv).read_text(errors="replace").splitlines()[1:]:
+            parts = line.split(";")
+            if len(parts) >= 3 and parts[2].strip() == rtd:
+                stamps.append(float(parts[0]))
+                rtts.append(float(parts[1]))
+    except (OSError, ValueError):
+        pass
+    return stamps, rtts
+
+
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile (the value below which p% of the samples fall)."""
     if not values:
@@ -127,16 +143,7 @@ def sipp_summary(stat_csv: str, rtt_csv: str, rtd: str) -> str:
         failed = int(last[col["FailedCall(C)"]])
     except (OSError, IndexError, KeyError, ValueError):
         pass
-    stamps: list[float] = []
-    rtts: list[float] = []
-    try:
-        for line in Path(rtt_csv).read_text(errors="replace").splitlines()[1:]:
-            parts = line.split(";")
-            if len(parts) >= 3 and parts[2].strip() == rtd:
-                stamps.append(float(parts[0]))
-                rtts.append(float(parts[1]))
-    except (OSError, ValueError):
-        pass
+    stamps, rtts = rtt_samples(rtt_csv, rtd)
     span = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else 0.0
     per_s = ok / span if span > 0 else 0.0
     p50 = percentile(rtts, 50)
@@ -230,15 +237,8 @@ def step_summary(rtd: str, offered: float, total: int, p99_limit: float, files: 
             ok += int(lines[-1].split(";")[col["SuccessfulCall(C)"]])
         except (OSError, IndexError, KeyError, ValueError):
             pass
-        stamps: list[float] = []
-        try:
-            for line in Path(rtt_csv).read_text(errors="replace").splitlines()[1:]:
-                parts = line.split(";")
-                if len(parts) >= 3 and parts[2].strip() == rtd:
-                    stamps.append(float(parts[0]))
-                    rtts.append(float(parts[1]))
-        except (OSError, ValueError):
-            pass
+        stamps, step_rtts = rtt_samples(rtt_csv, rtd)
+        rtts.extend(step_rtts)
         if len(stamps) > 1:
             span = max(span, (max(stamps) - min(stamps)) / 1000)
     failed = max(0, total - ok)
