@@ -362,6 +362,21 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _node_id(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}|", text):
+        raise ValueError("must be 1 to 32 lower-case letters, digits, _ or - (starting with a letter or digit)")
+    return text
+
+
+def _cluster_address(text: str) -> str:
+    if not text:
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT (an IPv6 host in brackets)")
+    return text
+
+
 def _redis_key_prefix(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.:{}-]{0,64}", text):
         raise ValueError("must be at most 64 letters, digits or _ . : { } -")
@@ -1134,6 +1149,42 @@ class NatConfig:
     )
 
 
+@attrs.frozen
+class ClusterConfig:
+    """[cluster]: this server as one node of several sharing bindings in Redis (docs/cluster.md)."""
+
+    node_id: str = _opt(
+        "",
+        _Str("name", _node_id),
+        "This node's name in the cluster; \"\" means no cluster (one server on its own). Every "
+        "node needs `store.backend = \"redis\"`, the same Redis, `store.redis_key_prefix` and "
+        "`outbound.secret`, and a name of its own. The flow tokens a node mints name it, so any "
+        "node sends a request for a phone to the node holding the phone's flow.",
+    )
+    address: str = _opt(
+        "",
+        _Str("HOST:PORT", _cluster_address),
+        "Where the other nodes reach this one; \"\" means the first TCP listener (else the "
+        "first UDP one), with `;advertise` applied. Must be an address the other nodes can "
+        "reach, not a wildcard.",
+    )
+    heartbeat_interval: float = _opt(
+        1.0,
+        _Float(0.05),
+        "Seconds between two refreshes of this node's heartbeat key in Redis.",
+    )
+    heartbeat_ttl: float = _opt(
+        3.0,
+        _Float(0.1),
+        "Seconds without a heartbeat after which the other nodes hold this node dead: they "
+        "stop routing to it and remove the bindings whose flow it held.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.node_id)
+
+
 def _ng_address(text: str) -> str:
     """An rtpengine ng address, ``udp:HOST:PORT``, normalised (issue 18)."""
     from sipserver.media.ng import parse_ng_address
@@ -1209,6 +1260,7 @@ _SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("mgmt", MgmtConfig),
     ("nat", NatConfig),
     ("media", MediaConfig),
+    ("cluster", ClusterConfig),
 )
 
 
@@ -1229,6 +1281,7 @@ class Config:
     mgmt: MgmtConfig = attrs.field(factory=MgmtConfig)
     nat: NatConfig = attrs.field(factory=NatConfig)
     media: MediaConfig = attrs.field(factory=MediaConfig)
+    cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
     # Mapping values are not hashable; users take no part in hashing.
     users: Mapping[str, UserEntry] = attrs.field(factory=dict, hash=False)
 
@@ -1320,6 +1373,19 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("tls.cert: must be set when tls.key is set", key="tls.cert")
     if cfg.tls.cert and not cfg.tls.key:
         raise ConfigError("tls.key: must be set when tls.cert is set", key="tls.key")
+    cl = cfg.cluster
+    if cl.enabled and cfg.store.backend != "redis":
+        raise ConfigError(
+            f'cluster.node_id: a cluster node needs store.backend = "redis" (the bindings all '
+            f'nodes share), got store.backend = "{cfg.store.backend}"',
+            key="cluster.node_id",
+        )
+    if cl.heartbeat_ttl <= cl.heartbeat_interval:
+        raise ConfigError(
+            f"cluster.heartbeat_ttl: must be > cluster.heartbeat_interval ({cl.heartbeat_interval:g}), "
+            f"got {cl.heartbeat_ttl:g}",
+            key="cluster.heartbeat_ttl",
+        )
 
 
 def config_from_dict(d: Mapping[str, Any], source: str = "<dict>") -> Config:
@@ -1439,6 +1505,10 @@ _SECTION_INTRO = {
     "media": (
         "Media anchoring through rtpengine (its ng control protocol): browsers (DTLS-SRTP, ICE) "
         "talking to plain RTP phones, and phones behind NAT. Off until `rtpengine` lists one."
+    ),
+    "cluster": (
+        "Several nodes (processes or machines) sharing the bindings in Redis; each node is the "
+        "edge for the connections it holds (docs/cluster.md). Off until `node_id` is set."
     ),
     "users": (
         "One `[users.NAME]` table per user, with `password` or precomputed HA1 values "
