@@ -16,6 +16,7 @@ import getpass
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -100,8 +101,21 @@ class _Handler(logging.StreamHandler[TextIO]):
     """Marks the handler setup_logging installed, so a second call replaces it."""
 
 
-def setup_logging(level: str, fmt: str) -> None:
-    """Send log records at ``level`` and above to stderr as text or JSON lines.
+class _WorkerField(logging.Filter):
+    """Adds ``worker=I`` to every record of worker I (the workers share stderr)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def setup_logging(level: str, fmt: str, *, worker: int | None = None) -> None:
+    """Send log records at ``level`` and above to stderr as text or JSON lines; in worker
+    ``worker`` of ``run --workers N``, each line carries ``worker=I``.
 
     Calling it again replaces the earlier handler instead of adding a second one. Raises
     ValueError for an unknown level or format.
@@ -115,6 +129,8 @@ def setup_logging(level: str, fmt: str) -> None:
         root.removeHandler(old)
     handler = _Handler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(_WorkerField(worker))
     root.addHandler(handler)
     root.setLevel(LOG_LEVELS[level])
 
@@ -154,6 +170,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-format", choices=["text", "json"], help="sets server.log_format")
     run.add_argument("--mgmt", metavar="HOST:PORT", help="sets mgmt.listen")
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        type=_worker_count,
+        default=1,
+        help="run N processes sharing the listen ports, each a cluster node (needs "
+        'store.backend = "redis"; docs/workers.md); default 1',
+    )
 
     check = sub.add_parser(
         "check-config",
@@ -181,6 +205,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _add_ctl(sub)
     return parser
+
+
+def _worker_count(text: str) -> int:
+    from sipserver.workers import MAX_WORKERS
+
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be a number from 1 to {MAX_WORKERS}, not {text!r}")
+    return count
 
 
 def _add_ctl(sub: Any) -> None:
@@ -248,12 +284,13 @@ def _add_ctl(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sipserver`` console script; returns the exit code."""
     parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command == "run":
-        return _cmd_run(args)
+        return _cmd_run(args, argv)
     if args.command == "check-config":
         return _cmd_check_config(args)
     if args.command == "passwd":
@@ -283,7 +320,7 @@ def _config_error(exc: ConfigError) -> int:
     return 2
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         cfg = load_config(args.config) if args.config else default_config()
         cfg = apply_overrides(
@@ -297,7 +334,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     except ConfigError as exc:
         return _config_error(exc)
-    setup_logging(cfg.server.log_level, cfg.server.log_format)
+    # --workers N: this process supervises N workers, which run the same command line with
+    # SIPSERVER_WORKER set (sipserver.workers); a worker is a server with a few settings changed.
+    worker = os.environ.get("SIPSERVER_WORKER")
+    if worker:
+        from sipserver import workers
+
+        try:
+            slot = workers.WorkerSlot.parse(worker)
+        except ValueError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
+        setup_logging(cfg.server.log_level, cfg.server.log_format, worker=slot.index)
+        cfg = workers.become_worker(cfg, slot)
+    elif args.workers > 1:
+        from sipserver import workers
+
+        reason = workers.refusal(cfg, args.workers)
+        if reason is not None:
+            print(f"{PROG}: {reason}", file=sys.stderr)
+            return 2
+        setup_logging(cfg.server.log_level, cfg.server.log_format)
+        return workers.supervise(cfg, args.workers, argv)
+    else:
+        setup_logging(cfg.server.log_level, cfg.server.log_format)
     # Lazy: only a valid config gets this far, and check-config/passwd never load trio.
     run: Callable[[Config], int] = importlib.import_module("sipserver.service").run
     try:

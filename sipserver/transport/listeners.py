@@ -8,7 +8,10 @@ Invariants:
   outgoing connections;
 - nothing a peer does can end a listener: accept errors are logged (and back off when the
   process is out of file descriptors), connection tasks catch their own failures;
-- when ``serve`` is cancelled, every flow is reported closed with cause "shutdown".
+- when ``serve`` is cancelled, every flow is reported closed with cause "shutdown";
+- a listener whose port is in ``reuse_ports`` (set by a worker of ``sipserver run --workers N``)
+  is bound with SO_REUSEPORT, so the N processes bind the same ports and the kernel hashes each
+  UDP 4-tuple and TCP connection to one of them (Linux: only among sockets of the same user).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ _STREAM_TASK = "sipserver.connection"
 _WS_TASK = "sipserver.websocket"
 
 __all__ = ["BoundListener", "serve"]
+
+# The public ports a worker of ``sipserver run --workers N`` shares with the other workers, set
+# by sipserver.workers before the server starts; its private cluster port is not among them.
+reuse_ports: frozenset[int] = frozenset()
 
 _UDP_RCVBUF = 4 * 1024 * 1024
 _BACKLOG = 1024
@@ -155,6 +162,8 @@ async def _bind(spec: ListenSpec) -> list[socket.socket]:
                     pass  # the kernel caps it; not fatal
             elif hasattr(socket, "SO_REUSEADDR") and not hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if spec.port in reuse_ports:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 raw.bind(sockaddr)
             except OSError as exc:
