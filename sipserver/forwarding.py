@@ -40,6 +40,7 @@ from .proxy.context import (
     ResponseContext,
     StartBranch,
 )
+from .proxy.peers import HOP_HEADER, hop_value
 from .proxy.procedure import Forward
 from .proxy.routing import transport_for_uri
 from .proxy.targets import Dest, build_branch_request, must_wait, new_branch_id
@@ -90,6 +91,7 @@ class ProxyJob:
     server_txn: ServerTransaction
     context: ResponseContext
     caller_rr: str | None
+    record_callee: bool
     branches: dict[int, Branch] = attrs.field(factory=dict)
     # issue 18: the 503 a branch got because no rtpengine took its offer (the context turns a
     # 503 into 500, RFC 3261 §16.7; this one is ours, so the caller gets it as it is)
@@ -122,7 +124,7 @@ class Forwarder:
             timer_c=s.cfg.proxy.timer_c,
             timeout_removes_binding=s.cfg.proxy.timeout_removes_binding,
         )
-        job = ProxyJob(decision.request, arrival, txn, ctx, decision.caller_rr)
+        job = ProxyJob(decision.request, arrival, txn, ctx, decision.caller_rr, decision.record_callee)
         txn.owner = job
         self.jobs.add(job)
         await self._run_context(job, ctx.start(now))
@@ -170,7 +172,7 @@ class Forwarder:
                 target = await self._resolve(dest)
             except (ConnectFailed, FlowGone):
                 return
-        out = build_branch_request(req, dest, s.via_for(target, new_branch_id(req)), None)
+        out = build_branch_request(req, dest, s.via_for(target, new_branch_id(req, s.identity.node)), None)
         sent_to = target
         if s.media is None:
             await s.send(sent_to, out)
@@ -242,7 +244,8 @@ class Forwarder:
         s.metrics.failover(action.cause.value)
         key = action.binding_key
         binding = s.store.get(key) if key is not None else None  # type: ignore[arg-type]
-        if binding is None:
+        if binding is None or s.core.foreign(binding):
+            # Another node's flow (issue 20): that node, or its death, decides about the binding.
             return
         change = Delete(binding.key, StoreRemoval.FLOW_FAILED)
         s.store.apply([change])
@@ -265,10 +268,14 @@ class Forwarder:
             await self._run_context(job, job.context.on_branch_failed(branch_id, BranchFailure.TRANSPORT, now))
             return
         rr = None
-        if job.caller_rr is not None:
-            # OB-CS-06: a second Record-Route for the callee's leg, naming its flow.
-            rr = (job.caller_rr, s.core.record_route(job.request, s.local_uri(flow), flow, ob=dest.ob))
-        req = build_branch_request(job.request, dest, s.via_for(flow, new_branch_id(job.request)), rr)
+        if job.record_callee:
+            # OB-CS-06: a second Record-Route for the callee's leg, naming its flow; none towards
+            # another node of the cluster, which records the callee's leg itself (issue 20).
+            callee_rr = None if dest.node else s.core.record_route(job.request, s.local_uri(flow), flow, ob=dest.ob)
+            rr = (job.caller_rr, callee_rr)
+        req = build_branch_request(job.request, dest, s.via_for(flow, new_branch_id(job.request, s.identity.node)), rr)
+        if dest.node is not None:
+            req.add_header(HOP_HEADER, hop_value(s.codec, req, s.clock.wall()))
         if s.media is not None:
             step = s.media.sessions.on_request(
                 req, Leg.sender(job.request, job.arrival), Leg.target(flow, dest.binding, direct=dest.uri is None), now=now

@@ -10,7 +10,11 @@ A token is ``base64url(MAC || S)`` without padding, where S is the binary flow::
     remote port  2 octets
     serial       8 octets, unsigned big endian
 
-and MAC is HMAC-SHA256(key, S) truncated to 96 bits. RFC 5626 §5.2 gives HMAC-SHA1-80 over a
+and MAC is HMAC-SHA256(key, S) truncated to 96 bits. A token minted by a node of a cluster
+(issue 20, ``[cluster] node_id``) has version 2 and the node's name (1..32 ASCII octets) after
+the serial, inside the MAC: the token says which node holds the flow, and a node that is not the
+one named never takes it for a flow of its own (with ``--workers`` every node has the same
+addresses, and serials of different processes collide). RFC 5626 §5.2 gives HMAC-SHA1-80 over a
 similar S only as an example; any scheme that is unique per flow and makes tampering detectable
 will do (OB-EP-02, OB-EP-06).
 
@@ -43,11 +47,14 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from sipserver.outbound.flow import Flow, Transport
 
-__all__ = ["FlowTokenCodec", "InvalidToken"]
+__all__ = ["FlowTokenCodec", "ForeignToken", "InvalidToken"]
 
 MIN_KEY_BYTES = 16
 MAC_BYTES = 12
 VERSION = 1
+NODE_VERSION = 2
+MAX_NODE_BYTES = 32
+_NODE_RE = re.compile(rb"[a-z0-9][a-z0-9_-]{0,31}")
 
 # Wire codes are fixed here rather than derived from the enum order so that reordering or
 # extending ``Transport`` never changes the meaning of tokens already handed out.
@@ -73,6 +80,11 @@ def _b64_len(n: int) -> int:
 
 
 _TOKEN_CHARS = {_b64_len(n): n for n in _TOKEN_BYTES.values()}
+# Version 2 adds 1..MAX_NODE_BYTES octets of node name.
+for _n in _TOKEN_BYTES.values():
+    for _extra in range(1, MAX_NODE_BYTES + 1):
+        _TOKEN_CHARS[_b64_len(_n + _extra)] = _n + _extra
+_BODY_SIZES = set(_BODY_LEN.values())
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 _ENCODE_CACHE_SIZE = 4096
@@ -81,6 +93,17 @@ _DECODE_CACHE_SIZE = 4096
 
 class InvalidToken(Exception):
     """A flow token that does not decode or verify. RFC 5626 §5.3.1: answer 403 (OB-EP-07)."""
+
+
+class ForeignToken(InvalidToken):
+    """A genuine token (its MAC verifies) naming a flow another node of the cluster holds: not a
+    flow of ours. Callers that know the cluster send the request to ``node``; the others treat it
+    as any token that is not ours (403)."""
+
+    def __init__(self, node: str, flow: Flow) -> None:
+        super().__init__(f"flow token names a flow of cluster node {node!r}")
+        self.node = node
+        self.flow = flow
 
 
 def _pack_ipv4_fast(host: str) -> bytes | None:
@@ -132,8 +155,9 @@ def _check_port(port: int) -> int:
     return port
 
 
-def _flow_body(flow: Flow) -> bytes:
-    """The binary S for a flow; ValueError if the Flow cannot be represented."""
+def _flow_body(flow: Flow, node: bytes = b"") -> bytes:
+    """The binary S for a flow (version 2 with ``node`` appended when one is given); ValueError
+    if the Flow cannot be represented."""
     code = _TRANSPORT_CODES.get(flow.transport)
     if code is None:
         raise ValueError(f"unsupported transport {flow.transport!r}")
@@ -148,9 +172,10 @@ def _flow_body(flow: Flow) -> bytes:
     serial = flow.serial
     if not isinstance(serial, int) or not 0 <= serial <= _MAX_SERIAL:
         raise ValueError(f"serial {serial!r} does not fit in 64 unsigned bits")
+    version = NODE_VERSION if node else VERSION
     return _LAYOUT[lfam].pack(
-        (VERSION << 4) | code, lfam, lip, _check_port(lport), rip, _check_port(rport), serial
-    )
+        (version << 4) | code, lfam, lip, _check_port(lport), rip, _check_port(rport), serial
+    ) + node
 
 
 @functools.lru_cache(maxsize=4096)
@@ -162,24 +187,31 @@ def _unpack_host(packed: bytes) -> str:
     return ipaddress.IPv6Address(packed).compressed
 
 
-def _parse_body(body: bytes) -> Flow:
-    """Fields of an authenticated S; InvalidToken if its header disagrees with its layout."""
+def _parse_body(body: bytes) -> tuple[Flow, str]:
+    """Fields of an authenticated S and the node it names ("" for version 1); InvalidToken if
+    its header disagrees with its layout."""
     version, code = body[0] >> 4, body[0] & 0x0F
-    if version != VERSION:
+    if version not in (VERSION, NODE_VERSION):
         raise InvalidToken(f"unsupported flow token version {version}")
     transport = _CODE_TRANSPORTS.get(code)
     if transport is None:
         raise InvalidToken(f"unknown transport code {code} in flow token")
     layout = _LAYOUT.get(body[1])
-    if layout is None or layout.size != len(body):
+    expected = len(body) == layout.size if layout is not None and version == VERSION else (
+        layout is not None and len(body) > layout.size
+    )
+    if layout is None or not expected:
         raise InvalidToken("flow token address family does not match its length")
-    _, _, lip, lport, rip, rport, serial = layout.unpack(body)
+    node = body[layout.size:]
+    if version == NODE_VERSION and _NODE_RE.fullmatch(node) is None:
+        raise InvalidToken("flow token names no valid node")
+    _, _, lip, lport, rip, rport, serial = layout.unpack(body[: layout.size])
     return Flow(
         transport=transport,
         local=(_unpack_host(lip), lport),
         remote=(_unpack_host(rip), rport),
         serial=serial,
-    )
+    ), node.decode("ascii")
 
 
 def _keyed_context(key: bytes) -> crypto_hmac.HMAC:
@@ -204,14 +236,19 @@ class FlowTokenCodec:
 
     key: bytes = attrs.field(repr=False)
     previous_keys: tuple[bytes, ...] = attrs.field(default=(), converter=_to_key_tuple, repr=False)
+    #: This node's name in a cluster (issue 20); "" for a server on its own. Tokens minted here
+    #: name it; tokens naming another node decode to ``ForeignToken``.
+    node: str = ""
     # HMAC contexts already keyed: copying one skips the per-call key schedule (~3x faster).
     _contexts: tuple[crypto_hmac.HMAC, ...] = attrs.field(init=False, repr=False)
     _encode_cached: Callable[[Flow], str] = attrs.field(init=False, repr=False)
-    _decode_cached: Callable[[str], Flow] = attrs.field(init=False, repr=False)
+    _decode_cached: Callable[[str], tuple[Flow, str]] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # Frozen: the contexts and caches below are only right for the keys given at creation.
         init = object.__setattr__
+        if self.node and _NODE_RE.fullmatch(self.node.encode("ascii", "replace")) is None:
+            raise ValueError(f"node name {self.node!r} is not 1..32 of a-z 0-9 _ -")
         init(self, "_contexts", tuple(_keyed_context(k) for k in (self.key, *self.previous_keys)))
         # Per instance caches (a module-level cache would mix keys). Only successful results are
         # cached, so forged tokens cannot evict good entries faster than real traffic does.
@@ -232,9 +269,22 @@ class FlowTokenCodec:
         return self._encode_cached(flow)
 
     def _encode(self, flow: Flow) -> str:
-        body = _flow_body(flow)
+        body = _flow_body(flow, self.node.encode("ascii"))
         raw = self._mac(0, body) + body
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def mac_text(self, body: bytes) -> str:
+        """A MAC of ``body`` under the current key, as base64url (for proofs other than tokens:
+        the cluster hop proof, issue 20)."""
+        return base64.urlsafe_b64encode(self._mac(0, body)).rstrip(b"=").decode("ascii")
+
+    def verify_mac_text(self, body: bytes, mac: str) -> bool:
+        """True when ``mac`` is ``mac_text(body)`` under one of our keys (constant time)."""
+        for index in range(len(self._contexts)):
+            mine = base64.urlsafe_b64encode(self._mac(index, body)).rstrip(b"=").decode("ascii")
+            if _stdlib_hmac.compare_digest(mine, mac):
+                return True
+        return False
 
     def dialog_proof(self, token: str, call_id: str, tag: str) -> str:
         """A MAC binding a flow token to one dialog: its Call-ID and the caller's From tag
@@ -262,11 +312,20 @@ class FlowTokenCodec:
 
         Raises InvalidToken, and only InvalidToken, for anything else.
         """
+        flow, node = self.decode_node(token)
+        if node and node != self.node:
+            raise ForeignToken(node, flow)
+        return flow
+
+    def decode_node(self, token: str) -> tuple[Flow, str]:
+        """The Flow a genuine token names and the cluster node holding it ("" for a token minted
+        by a server outside any cluster, which every node takes as its own). InvalidToken for
+        anything that does not verify."""
         if not isinstance(token, str):
             raise InvalidToken("flow token is not a string")
         return self._decode_cached(token)
 
-    def _decode(self, token: str) -> Flow:
+    def _decode(self, token: str) -> tuple[Flow, str]:
         raw_len = _TOKEN_CHARS.get(len(token))
         if raw_len is None:
             raise InvalidToken(f"flow token has the wrong length ({len(token)} characters)")

@@ -29,10 +29,11 @@ from ..auth.gate import AuthGate, Refusal
 from ..bounded import LruTable
 from ..outbound.flow import Flow
 from ..outbound.flowtoken import FlowTokenCodec, InvalidToken
-from ..registrar.binding import INSTANCE, BindingKey
+from ..registrar.binding import INSTANCE, Binding, BindingKey
 from ..registrar.store import LocationStore
 from ..sip import ParseError, Request, Response, SipURI, make_response
 from .context import Target
+from .peers import take_hop
 from .routing import (
     KNOWN_METHODS,
     LocalIdentity,
@@ -87,6 +88,9 @@ class Forward:
     request: Request
     targets: list[Target]
     caller_rr: str | None
+    #: add the Record-Route naming the callee's flow (with ``caller_rr``, or alone for a request
+    #: another node of the cluster handed on, whose caller's leg that node recorded)
+    record_callee: bool = False
 
 
 Decision = Reply | Register | Forward
@@ -98,6 +102,7 @@ class HopKind(enum.Enum):
     FLOW = "flow"  # down a flow of ours named by a verified token
     LOOKUP = "lookup"  # a served Request-URI: the location service
     EXTERNAL = "external"  # a host that is not ours: a relay domain, another server
+    NODE = "node"  # another node of our cluster holds the flow a verified token names (issue 20)
 
 
 @attrs.frozen
@@ -105,6 +110,8 @@ class Hop:
     kind: HopKind
     flow: Flow | None = None
     uri: SipURI | None = None
+    node: str | None = None
+    token: str | None = None
 
 
 def _reply(refusal: Refusal) -> Reply:
@@ -129,6 +136,8 @@ class ProxyCore:
     retired: LruTable[str, BindingKey] = attrs.field(factory=lambda: LruTable(65536))
     # bindings whose skipping was logged once (``_lookup``)
     _skipped_log: LruTable[BindingKey, bool] = attrs.field(factory=lambda: LruTable(4096))
+    #: issue 20: the address of a live node of the cluster (None: unknown or dead)
+    node_address: Callable[[str], SipURI | None] = attrs.field(default=lambda node: None)
 
     # ------------------------------------------------------------------ responses
     def response(
@@ -190,6 +199,8 @@ class ProxyCore:
             return Reply(420, "Bad Extension", (("Unsupported", ", ".join(unsupported)),))
         if is_loop(req, self.identity):
             return Reply(482, "Loop Detected")
+        # issue 20: a node of our cluster that handed this on has applied the relay policy
+        peer = take_hop(self.codec, req, wall) if self.codec.node else None
         rr = self._route(req, arrival)
         if rr.reject is not None:
             return Reply(*rr.reject)
@@ -197,7 +208,7 @@ class ProxyCore:
         hop = self._next_hop(req, rr)
         if isinstance(hop, Reply):
             return hop
-        refusal = self._authorise(req, arrival, now, hop, rr.in_dialog)
+        refusal = True if peer is not None else self._authorise(req, arrival, now, hop, rr.in_dialog)
         if isinstance(refusal, Reply):
             return refusal
         if self.gate is not None:
@@ -206,10 +217,11 @@ class ProxyCore:
         if isinstance(dests, Reply):
             return dests
         caller_rr = None
-        if self.settings.record_route and is_dialog_creating(req):
+        record = self.settings.record_route and is_dialog_creating(req)
+        if record and peer is None:
             ob = client_wants_outbound(req) or self._flow_registered(arrival)
             caller_rr = self.record_route(req, self.local_uri(arrival), arrival, ob=ob)
-        return Forward(req, group_targets(dests), caller_rr)
+        return Forward(req, group_targets(dests), caller_rr, record_callee=record)
 
     def record_route(self, req: Request, local: SipURI, flow: Flow, *, ob: bool) -> str:
         """Our Record-Route naming ``flow``, bound to this dialog (Call-ID, caller's tag)."""
@@ -232,6 +244,8 @@ class ProxyCore:
         """Where the request would go, before anyone is asked who they are (RFC 3261 §16.5)."""
         if rr.token_flow is not None:
             return Hop(HopKind.FLOW, flow=rr.token_flow)
+        if rr.node is not None:
+            return Hop(HopKind.NODE, node=rr.node, token=rr.node_token)
         routes = req.routes
         if routes:
             nxt = routes[0].uri
@@ -270,13 +284,13 @@ class ProxyCore:
         if gate is None:
             return True  # authentication is off (logged at start-up): nobody can be asked
         elsewhere = hop.kind is HopKind.EXTERNAL
-        if hop.kind is HopKind.FLOW:
-            assert hop.flow is not None
+        if hop.kind is HopKind.FLOW or hop.kind is HopKind.NODE:
             if in_dialog:
                 return False
             # Out of a dialog a token is a way to a local user only while a binding lives on its
             # flow; a trunk's flow, or a caller's, is "anywhere else" (issue 16, finding 2).
-            elsewhere = not self._flow_bound(hop.flow)
+            token = hop.token if hop.kind is HopKind.NODE else self.token(hop.flow) if hop.flow else None
+            elsewhere = token is None or not self.store.flow_bindings(token)
         try:
             from_uri = req.from_.uri
         except ParseError:
@@ -315,6 +329,12 @@ class ProxyCore:
             if flow is None:
                 return Reply(430, "Flow Failed")
             return [Dest(req.uri_text, [], flow=flow)]
+        if hop.kind is HopKind.NODE:
+            assert hop.node is not None
+            address = self.node_address(hop.node)
+            if address is None:
+                return Reply(430, f"Flow Failed (cluster node {hop.node} is not alive)")
+            return [Dest(req.uri_text, [], uri=address, node=hop.node)]
         assert hop.uri is not None
         if hop.kind is HopKind.EXTERNAL:
             return [Dest(req.uri_text, [], uri=hop.uri)]
@@ -360,6 +380,12 @@ class ProxyCore:
         dests = []
         for b in bindings:
             d = binding_dest(b, self.identity, self.codec)
+            if d.node is not None:
+                d.uri = self.node_address(d.node)
+                if d.uri is None:
+                    continue  # its node is gone: the binding goes with it (cluster view)
+                dests.append(d)
+                continue
             # A binding reached through no flow of ours (a REGISTER that was not first hop, a
             # foreign Path) sends the request to a host of the registrant's choosing: that is
             # "anywhere else" and passes the relay policy or is skipped (issue 16: no relay or
@@ -383,9 +409,15 @@ class ProxyCore:
                 return True
         return False
 
-    def _flow_bound(self, flow: Flow) -> bool:
-        token = self.token(flow)
-        return token is not None and bool(self.store.flow_bindings(token))
+    def foreign(self, binding: Binding) -> bool:
+        """A binding whose flow another node of the cluster holds (issue 20)."""
+        if not self.codec.node or binding.flow_token is None:
+            return False
+        try:
+            _, node = self.codec.decode_node(binding.flow_token)
+        except InvalidToken:
+            return False
+        return bool(node) and node != self.codec.node
 
     def _flow_registered(self, flow: Flow) -> bool:
         """A flow an outbound REGISTER established (RFC 5626 §5.3.2 edge behaviour)."""
@@ -408,7 +440,7 @@ class ProxyCore:
         hop = self._next_hop(req, rr)
         if isinstance(hop, Reply) or hop.kind is HopKind.EXTERNAL:
             return None
-        if hop.kind is HopKind.FLOW and not rr.in_dialog:
+        if hop.kind in (HopKind.FLOW, HopKind.NODE) and not rr.in_dialog:
             return None
         dests = self._dests(req, hop, wall, authenticated=False)
         if isinstance(dests, Reply) or not dests:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import attrs
 
 from ..outbound.flow import Flow, Transport
-from ..outbound.flowtoken import FlowTokenCodec, InvalidToken
+from ..outbound.flowtoken import FlowTokenCodec, ForeignToken, InvalidToken
 from ..sip.errors import ParseError
 from ..sip.headers import NameAddr
 from ..sip.message import Request
@@ -36,6 +36,9 @@ class LocalIdentity:
     hosts: set[str] = attrs.field(factory=set)
     ports: set[int] = attrs.field(factory=set)
     domains: set[str] = attrs.field(factory=set)
+    #: this node's name in a cluster ("" alone); salts the loop hash of our Via branches, since
+    #: nodes of one cluster share hosts (and, with --workers, ports) yet are distinct hops
+    node: str = ""
 
     def add_host(self, host: str) -> None:
         self.hosts.add(host.lower().strip("[]"))
@@ -76,33 +79,55 @@ class RouteResult:
     # request's Call-ID and tags: the request is inside a dialog this server record-routed,
     # and goes down that dialog's flow
     in_dialog: bool = False
+    # issue 20: the top Route (left in place) carries a genuine token of another cluster node:
+    # the request goes to that node, which sends it down its flow
+    node: str | None = None
+    node_token: str | None = None
 
 
 def _dialog_tags(req: Request) -> list[str]:
     return [t for t in (req.from_tag, req.to_tag) if t]
 
 
+def _dialog_proven(uri: SipURI, token: str, req: Request, codec: FlowTokenCodec) -> bool:
+    # The dialog proof counts only on the token whose flow the request is sent down: a
+    # genuine proof of one dialog must not carry a request down another flow (issue 16).
+    proof = uri.param("dlg")
+    return bool(proof and req.to_tag and codec.verify_dialog_proof(proof, token, req.call_id, _dialog_tags(req)))
+
+
 def _take_token(
     uri: SipURI, req: Request, arrival: Flow, codec: FlowTokenCodec, found: list[object]
 ) -> tuple[int, str] | None:
     """Check one URI of ours that carries a token; note its flow and dialog proof in ``found``
-    ([token_flow, in_dialog]). Returns a rejection for a forged token."""
+    ([token_flow, in_dialog, node]). Returns a rejection for a forged token."""
     token = uri.user
     assert token
     try:
         flow = codec.decode(token)
+    except ForeignToken as foreign:
+        found[1] = _dialog_proven(uri, token, req, codec)
+        found[2] = foreign.node
+        return None
     except InvalidToken:
         return (403, "Forbidden (invalid flow token in Route)")
     if flow == arrival:
         return None  # the sender's own leg: it names no destination and proves nothing
-    # The dialog proof counts only on the token whose flow the request is sent down: a
-    # genuine proof of one dialog must not carry a request down another flow (issue 16).
-    proof = uri.param("dlg")
     found[0] = flow
-    found[1] = bool(
-        proof and req.to_tag and codec.verify_dialog_proof(proof, token, req.call_id, _dialog_tags(req))
-    )
+    found[1] = _dialog_proven(uri, token, req, codec)
     return None
+
+
+def _peer_route(uri: SipURI, codec: FlowTokenCodec) -> bool:
+    """A Route that is not ours by address but carries a genuine token of another node of our
+    cluster (nodes on other hosts): trusted by the shared key, not by its host (issue 20)."""
+    if not codec.node or not uri.user:
+        return False
+    try:
+        _, node = codec.decode_node(uri.user)
+    except InvalidToken:
+        return False
+    return bool(node) and node != codec.node
 
 
 def preprocess_routes(
@@ -116,24 +141,36 @@ def preprocess_routes(
     (one per leg, OB-CS-06) are both consumed here, in either direction of the dialog.
     Linear in the Route header's size: the values are parsed once and removed in one edit."""
     routes = req.routes
-    found: list[object] = [None, False]
+    found: list[object] = [None, False, None]
     n = 0
     for top in routes:
         uri = top.uri
-        if not isinstance(uri, SipURI) or not identity.is_ours(uri):
+        if not isinstance(uri, SipURI):
+            break
+        if not identity.is_ours(uri):
+            if _peer_route(uri, codec):
+                _take_token(uri, req, arrival, codec, found)
             break
         if uri.user:
             reject = _take_token(uri, req, arrival, codec, found)
             if reject is not None:
                 return RouteResult(reject=reject)
+            if found[2] is not None:
+                break  # another node's flow: the Route stays for that node
         n += 1
     if n:
         rest = req.header_values("route")[n:]
         req.remove_header("route")
         if rest:
             req.add_header("Route", ", ".join(rest))
-    token_flow = found[0]
+    token_flow, node = found[0], found[2]
     assert token_flow is None or isinstance(token_flow, Flow)
+    if node is not None:
+        # The remaining top Route is the other node's; an earlier token of ours (a flow of ours
+        # other than the arrival one) cannot also be the destination.
+        top_uri = req.routes[0].uri
+        assert isinstance(top_uri, SipURI) and isinstance(node, str)
+        return RouteResult(popped=n, in_dialog=bool(found[1]), node=node, node_token=top_uri.user)
     return RouteResult(token_flow=token_flow, popped=n, in_dialog=bool(found[1]))
 
 
@@ -150,8 +187,8 @@ def restore_strict_route(
     values = req.header_values("route")
     if not values:
         return None
-    found: list[object] = [None, False]
-    if _take_token(uri, req, arrival, codec, found) is not None:
+    found: list[object] = [None, False, None]
+    if _take_token(uri, req, arrival, codec, found) is not None or found[2] is not None:
         return None  # not one of ours after all: the request is handled as it stands
     last = NameAddr.parse(values[-1], "Route")
     req.remove_header("route")

@@ -49,6 +49,9 @@ class Dest:
     uri: SipURI | None = None  # next hop when no flow: Contact or Route URI
     binding: Binding | None = None
     ob: bool = False  # the callee side asked for outbound (its Record-Route gets ;ob)
+    #: issue 20: the flow is held by this other node of the cluster; ``uri`` is that node's
+    #: address and the route set starts with the Path/Route naming the flow
+    node: str | None = None
 
 
 def binding_dest(b: Binding, identity: LocalIdentity, codec: FlowTokenCodec) -> Dest:
@@ -58,11 +61,17 @@ def binding_dest(b: Binding, identity: LocalIdentity, codec: FlowTokenCodec) -> 
     if path:
         top = NameAddr.parse(path[0], "Path")
         turi = top.uri
-        if isinstance(turi, SipURI) and identity.is_ours(turi) and turi.user:
+        ours = isinstance(turi, SipURI) and identity.is_ours(turi)
+        if isinstance(turi, SipURI) and turi.user and (ours or codec.node):
             try:
-                f: Flow | None = codec.decode(turi.user)
+                f, node = codec.decode_node(turi.user)
             except InvalidToken:
-                f = None
+                f, node = None, ""
+                if not ours:
+                    return Dest(b.contact_uri, path, uri=top.sip_uri, binding=b)
+            if node and node != codec.node:
+                # Another node holds the flow (issue 20): to that node, the Path as Route.
+                return Dest(b.contact_uri, path, binding=b, ob=turi.has_param("ob"), node=node)
             return Dest(b.contact_uri, path[1:], flow=f, binding=b, ob=turi.has_param("ob"))
         return Dest(b.contact_uri, path, uri=top.sip_uri, binding=b)
     contact = NameAddr.parse(f"<{b.contact_uri}>", "Contact")
@@ -113,7 +122,7 @@ def must_wait(dest: Dest) -> bool:
 
 
 def build_branch_request(
-    request: Request, dest: Dest, via: str, record_route: tuple[str, str] | None
+    request: Request, dest: Dest, via: str, record_route: tuple[str | None, str | None] | None
 ) -> Request:
     """RFC 3261 §16.6: copy, set the Request-URI, prepend the branch's route set, add our
     Record-Route pair (caller's leg below, callee's leg on top, OB-CS-06) and our Via."""
@@ -125,9 +134,13 @@ def build_branch_request(
         req.remove_header("route")
         req.add_header("Route", ", ".join(values))
     if record_route is not None:
+        # Either may be missing on a hop between cluster nodes (issue 20): the node that hands the
+        # request on records only the caller's leg, the node holding the callee's flow only that.
         caller_rr, callee_rr = record_route
-        req.add_header("Record-Route", caller_rr, top=True)
-        req.add_header("Record-Route", callee_rr, top=True)
+        if caller_rr is not None:
+            req.add_header("Record-Route", caller_rr, top=True)
+        if callee_rr is not None:
+            req.add_header("Record-Route", callee_rr, top=True)
     req.add_header("Via", via, top=True)
     return req
 
@@ -141,7 +154,7 @@ def stable_tag(req: Request) -> str:
     return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
 
 
-def _loop_hash(req: Request) -> str:
+def _loop_hash(req: Request, salt: str = "") -> str:
     """RFC 3261 §16.6 step 8: hash of what makes a request distinct, for loop detection.
     The top Via is left out: a request bounced back by a downstream element carries that
     element's Via on top, and must still be recognised; a spiral changes the Request-URI."""
@@ -149,15 +162,18 @@ def _loop_hash(req: Request) -> str:
         seed = f"{req.uri_text}|{req.from_tag}|{req.to_tag}|{req.call_id}|{req.cseq.seq}"
     except ParseError:
         seed = req.start_line()
+    if salt:
+        seed += "|" + salt
     return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
 
 
 _OUR_PREFIX = MAGIC_COOKIE + "sv"
 
 
-def new_branch_id(req: Request) -> str:
-    """Our Via branch: magic cookie, the loop hash (§16.6 step 8), then randomness."""
-    return f"{_OUR_PREFIX}{_loop_hash(req)}.{random_hex(5)}"
+def new_branch_id(req: Request, salt: str = "") -> str:
+    """Our Via branch: magic cookie, the loop hash (§16.6 step 8), then randomness. ``salt`` is
+    the cluster node's name (``LocalIdentity.node``)."""
+    return f"{_OUR_PREFIX}{_loop_hash(req, salt)}.{random_hex(5)}"
 
 
 def is_loop(req: Request, identity: LocalIdentity) -> bool:
@@ -165,7 +181,7 @@ def is_loop(req: Request, identity: LocalIdentity) -> bool:
     vias = req.vias
     if len(vias) < 2:
         return False
-    mine = _loop_hash(req)
+    mine = _loop_hash(req, identity.node)
     for via in vias[1:]:
         b = via.branch or ""
         if b.startswith(_OUR_PREFIX) and b[9:21] == mine and via.host.lower() in identity.hosts:
