@@ -75,6 +75,27 @@ def test_every_node_keeps_a_heartbeat_key_with_a_ttl(shared_cluster: Cluster) ->
         assert 0 < pttl <= HEARTBEAT_TTL * 1000, f"{key}: PTTL {pttl} ms, heartbeat_ttl {HEARTBEAT_TTL} s"
 
 
+async def test_phones_on_the_same_node_call_each_other(shared_cluster: Cluster) -> None:
+    """The baseline the cross-node tests build on: on each node, a UDP phone and a TCP or WS
+    phone of that node call each other and hang up either way."""
+    cl = shared_cluster
+    for node in cl.nodes.values():
+        alice = await udp_phone(user("alice"), node)
+        await alice.register(outbound=False)
+        bob = await tcp_phone(user("bob"), node)
+        await bob.register()
+        async with ws_phone(user("carol"), node) as carol:
+            await carol.register()
+            d = await call(alice, bob)
+            await caller_hangs_up(d)
+            d = await call(bob, carol)
+            await callee_hangs_up(d)
+            d = await call(carol, alice)
+            await callee_hangs_up(d)
+        await alice.close()
+        await bob.close()
+
+
 async def test_udp_phone_on_a_calls_tcp_phone_on_b(shared_cluster: Cluster) -> None:
     """INVITE sent to A for a phone registered over TCP to B: the callee gets it on its own
     connection to B, 180/200 reach the caller, ACK and BYE from the caller reach the callee;
