@@ -7,8 +7,9 @@ nodes here are shared by the module's tests: nothing in this file kills a node o
 
 from __future__ import annotations
 
+import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -27,6 +28,8 @@ from nodes import (
     udp_phone,
 )
 
+from sipserver.sip import Request
+
 
 def user(name: str) -> str:
     """A user name of its own per test (the nodes and Redis are shared by the module)."""
@@ -37,6 +40,27 @@ def user(name: str) -> str:
 async def ws_phone(name: str, node: Node) -> AsyncIterator[Phone]:
     async with WsUA.open(node.ws) as ua:
         yield Phone(ua, name, node)
+
+
+def names_listeners(cl: Cluster, caller: Phone) -> Callable[[Request], None]:
+    """A check of the INVITE a callee receives: every Record-Route and every node's Via in it
+    names a node's listening port, never the ephemeral local port of a connection a node
+    opened itself (issue 20: a far end's BYE to that port fails)."""
+    listening = {p for n in cl.nodes.values() for p in (n.udp_port, n.tcp_port, n.ws_port)}
+
+    def check(inv: Request) -> None:
+        rr = inv.header_values("record-route")
+        assert rr, "the INVITE reached the callee without Record-Route"
+        for value in rr:
+            m = re.search(r"sips?:(?:[^@>;]*@)?([^:;>]+):(\d+)", value)
+            assert m and int(m.group(2)) in listening, f"Record-Route {value} names no node listener ({sorted(listening)})"
+        vias = inv.header_values("via")
+        for value in vias[:-1]:  # the last one is the caller's own
+            m = re.match(r"SIP/2\.0/\S+\s+([^;:\s]+):(\d+)", value.strip())
+            assert m and int(m.group(2)) in listening, f"Via {value} names no node listener ({sorted(listening)})"
+        assert caller.ua.hostport() in vias[-1], f"bottom Via {vias[-1]} is not the caller's"
+
+    return check
 
 
 async def test_each_node_registers_its_phones_and_every_node_sees_them(shared_cluster: Cluster) -> None:
@@ -86,7 +110,7 @@ async def test_phones_on_the_same_node_call_each_other(shared_cluster: Cluster) 
         await bob.register()
         async with ws_phone(user("carol"), node) as carol:
             await carol.register()
-            d = await call(alice, bob)
+            d = await call(alice, bob, on_invite=names_listeners(cl, alice))
             await caller_hangs_up(d)
             d = await call(bob, carol)
             await callee_hangs_up(d)
@@ -105,7 +129,7 @@ async def test_udp_phone_on_a_calls_tcp_phone_on_b(shared_cluster: Cluster) -> N
     bob = await tcp_phone(user("bob"), cl["b"])
     await alice.register(outbound=False)
     await bob.register()
-    d = await call(alice, bob)
+    d = await call(alice, bob, on_invite=names_listeners(cl, alice))
     await caller_hangs_up(d)
     d = await call(alice, bob)
     await callee_hangs_up(d)
@@ -119,7 +143,7 @@ async def test_udp_phone_on_a_calls_ws_phone_on_c(shared_cluster: Cluster) -> No
     await alice.register(outbound=False)
     async with ws_phone(user("carol"), cl["c"]) as carol:
         await carol.register()
-        d = await call(alice, carol)
+        d = await call(alice, carol, on_invite=names_listeners(cl, alice))
         await caller_hangs_up(d)
         d = await call(alice, carol)
         await callee_hangs_up(d)
@@ -132,7 +156,7 @@ async def test_ws_phone_on_c_calls_tcp_phone_on_b(shared_cluster: Cluster) -> No
     await bob.register()
     async with ws_phone(user("carol"), cl["c"]) as carol:
         await carol.register()
-        d = await call(carol, bob)
+        d = await call(carol, bob, on_invite=names_listeners(cl, carol))
         await callee_hangs_up(d)
         d = await call(carol, bob)
         await caller_hangs_up(d)
@@ -146,7 +170,7 @@ async def test_tcp_phone_on_b_calls_udp_phone_on_a(shared_cluster: Cluster) -> N
     bob = await tcp_phone(user("bob"), cl["b"])
     await alice.register(outbound=False)
     await bob.register()
-    d = await call(bob, alice)
+    d = await call(bob, alice, on_invite=names_listeners(cl, bob))
     await caller_hangs_up(d)
     d = await call(bob, alice)
     await callee_hangs_up(d)
