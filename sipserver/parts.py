@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -21,6 +21,10 @@ from .registrar import MemoryPersistence, RegistrarSettings, SqlitePersistence
 from .store_writer import StoreWriterProcess
 from .transport.flows import FlowLimits, FlowTable
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
+    from .runtime import Server
+
 
 def flow_token_codec(cfg: Config) -> tuple[FlowTokenCodec, bytes]:
     """Flow tokens: key from config or generated file (0600); previous keys still verify."""
@@ -28,7 +32,8 @@ def flow_token_codec(cfg: Config) -> tuple[FlowTokenCodec, bytes]:
         key = parse_secret(cfg.outbound.secret)
     else:
         key = load_or_create_key(cfg.flow_token_key_path)
-    return FlowTokenCodec(key, [parse_secret(s) for s in cfg.outbound.previous_secrets]), key
+    previous = [parse_secret(s) for s in cfg.outbound.previous_secrets]
+    return FlowTokenCodec(key, previous, node=cfg.cluster.node_id), key
 
 
 def auth_gate(cfg: Config, key: bytes, stats: dict[str, int]) -> AuthGate | None:
@@ -69,7 +74,7 @@ def location_store(cfg: Config, send_reply: ReplySender) -> tuple[Any, GroupComm
     if cfg.store.backend == "redis":
         from .redis_store import open_redis  # the redis client is imported only when used
 
-        return open_redis(cfg.store, send_reply)
+        return open_redis(cfg.store, send_reply, cfg.cluster.node_id)
     if cfg.store.backend == "sqlite":
         return SqlitePersistence(cfg.store_path), GroupCommit(StoreWriterProcess(str(cfg.store_path)), send_reply)
     return MemoryPersistence(), GroupCommit(None, send_reply)
@@ -88,3 +93,15 @@ def registrar_settings(cfg: Config) -> RegistrarSettings:
 def rate_limiter(cfg: Config) -> TokenBucketLimiter | None:
     rl = cfg.rate_limit
     return TokenBucketLimiter(rl.requests_per_second, rl.burst) if rl.enabled else None
+
+
+def join_cluster(server: Server) -> Cluster | None:
+    """[cluster] node_id (issue 20): this server is one node; its routing learns the others."""
+    if not server.cfg.cluster.enabled:
+        return None
+    from .cluster import Cluster  # the redis client is imported only when used
+
+    cluster = Cluster(server)
+    server.identity.node = server.cfg.cluster.node_id
+    server.core.node_address = cluster.peer_address
+    return cluster

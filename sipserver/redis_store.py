@@ -96,10 +96,14 @@ class RedisPersistence:
     """Bindings in Redis through the synchronous ``redis`` client. Used by the server process
     for ``load`` and by the store-writer child for ``write_rows``; calls are not concurrent."""
 
-    def __init__(self, url: str, *, timeout: float = 1.0, prefix: str = "sipserver:") -> None:
+    def __init__(self, url: str, *, timeout: float = 1.0, prefix: str = "sipserver:", node: str = "") -> None:
         self.url = url
         self.where = f"store.redis_url {shown_url(url)}"
         self.prefix = prefix + "binding:"
+        #: issue 20: a cluster node publishes every batch it writes on this channel, in the same
+        #: MULTI/EXEC, so the other nodes' local views follow (``sipserver.cluster``)
+        self.node = node
+        self.channel = prefix + "changes"
         #: Bindings dropped by the last ``load`` because they could not be decoded.
         self.unreadable = 0
         try:
@@ -134,14 +138,20 @@ class RedisPersistence:
             return
         pipe = self._client().pipeline(transaction=True)
         now = time.time()
-        for (text,) in deletes:
+        gone = [text for (text,) in deletes]
+        live: list[tuple[str, str]] = []
+        for text in gone:
             pipe.delete(self.prefix + text)
         for text, _aor, expires_at, record in puts:
             ms = int((expires_at - now) * 1000)
             if ms > 0:
                 pipe.set(self.prefix + text, record, px=ms)
+                live.append((text, record))
             else:
                 pipe.delete(self.prefix + text)
+                gone.append(text)
+        if self.node:
+            pipe.publish(self.channel, change_message(self.node, live, gone))
         try:
             pipe.execute()
         except redis.RedisError as err:
@@ -171,6 +181,9 @@ class RedisPersistence:
                         out.append(binding)
             for names in _chunks(drop):
                 client.delete(*names)
+                if self.node:
+                    texts = [(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n))[len(self.prefix):] for n in names]
+                    client.publish(self.channel, change_message(self.node, [], texts))
         except redis.RedisError as err:
             raise PersistenceError(f"cannot read bindings from Redis at {self.where}: {err}") from None
         return out
@@ -179,6 +192,12 @@ class RedisPersistence:
         client, self._redis = self._redis, None
         if client is not None:
             client.close()
+
+
+def change_message(node: str, puts: Sequence[tuple[str, str]], deletes: Sequence[str]) -> str:
+    """The pub/sub message of one written batch (issue 20): who wrote it, the bindings put (key
+    text, record) and the keys deleted."""
+    return json.dumps({"node": node, "put": [list(p) for p in puts], "del": list(deletes)}, separators=(",", ":"))
 
 
 def _chunks(items: Iterable[Any]) -> Iterable[list[Any]]:
@@ -196,15 +215,15 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
-def _settings(cfg: StoreConfig) -> dict[str, Any]:
-    return {"url": cfg.redis_url, "timeout": cfg.redis_timeout, "prefix": cfg.redis_key_prefix}
+def _settings(cfg: StoreConfig, node: str) -> dict[str, Any]:
+    return {"url": cfg.redis_url, "timeout": cfg.redis_timeout, "prefix": cfg.redis_key_prefix, "node": node}
 
 
 def child_store() -> RedisPersistence:
     """The store-writer child's side (``python -m sipserver.store_writer --redis``)."""
     try:
         s = json.loads(os.environ[ENV])
-        return RedisPersistence(s["url"], timeout=float(s["timeout"]), prefix=s["prefix"])
+        return RedisPersistence(s["url"], timeout=float(s["timeout"]), prefix=s["prefix"], node=str(s.get("node", "")))
     except (KeyError, ValueError, TypeError) as err:
         raise PersistenceError(f"store writer: no usable {ENV} in the environment ({err})") from None
 
@@ -212,9 +231,9 @@ def child_store() -> RedisPersistence:
 class RedisWriterProcess(StoreWriterProcess):
     """The store-writer child, writing to Redis instead of the SQLite file."""
 
-    def __init__(self, cfg: StoreConfig) -> None:
+    def __init__(self, cfg: StoreConfig, node: str = "") -> None:
         super().__init__(shown_url(cfg.redis_url))
-        self._env = json.dumps(_settings(cfg))
+        self._env = json.dumps(_settings(cfg, node))
 
     def _child_args(self) -> list[str]:
         return ["--redis"]
@@ -255,11 +274,14 @@ class RedisCommit(GroupCommit):
             self._wake = trio.Event()
             batch = self._batch()
             replies, self._replies = self._replies, []
+            # the overload signal (``age``) follows the held replies, as in GroupCommit.run
+            self._writing_since, self._queued_since = self._queued_since, None
             ok = await self._write(batch)
             for i, (txn, resp) in enumerate(replies, 1):
                 await self._send_reply(txn, resp if ok else self.unavailable(resp))
                 if i % 64 == 0:
                     await trio.lowlevel.checkpoint()
+            self._writing_since = None
 
     async def _write(self, batch: list[Change]) -> bool:
         if not batch or self.writer is None:
@@ -298,10 +320,11 @@ class RedisCommit(GroupCommit):
         await writer.aclose()
 
 
-def open_redis(cfg: StoreConfig, send_reply: ReplySender) -> tuple[RedisPersistence, RedisCommit]:
-    """``store.backend = "redis"``: the persistence ``run`` loads from, and the group commit."""
-    persistence = RedisPersistence(cfg.redis_url, timeout=cfg.redis_timeout, prefix=cfg.redis_key_prefix)
+def open_redis(cfg: StoreConfig, send_reply: ReplySender, node: str = "") -> tuple[RedisPersistence, RedisCommit]:
+    """``store.backend = "redis"``: the persistence ``run`` loads from, and the group commit.
+    ``node`` is the cluster node's name (issue 20): its writes are published to the others."""
+    persistence = RedisPersistence(cfg.redis_url, timeout=cfg.redis_timeout, prefix=cfg.redis_key_prefix, node=node)
     commit = RedisCommit(
-        RedisWriterProcess(cfg), send_reply, where=persistence.where, retry_after=cfg.redis_retry_after
+        RedisWriterProcess(cfg, node), send_reply, where=persistence.where, retry_after=cfg.redis_retry_after
     )
     return persistence, commit

@@ -104,6 +104,7 @@ class Server:
             self.identity, self.codec, self.store, self.gate, self.flows.reachable, self.addresses.uri,
         )
         self.forwarder = Forwarder(self)
+        self.cluster = parts.join_cluster(self)  # issue 20: None unless [cluster] node_id is set
         self.media = MediaGlue(cfg.media, self.clock) if cfg.media.enabled else None  # issue 18
         self.limiter = parts.rate_limiter(cfg)
         self.shedder = Shedder(cfg.limits.overload_queue_delay)
@@ -138,7 +139,8 @@ class Server:
         self.started_at = self.clock.wall()
         # After a restart: UDP bindings and bindings behind an external Path come back; bindings
         # tied to a connection that no longer exists are dropped (issue: registrar).
-        self.store.apply([Put(b) for b in self.persistence.load(self.clock.wall(), survives_restart)])
+        keep = self.cluster.keep_at_start(survives_restart) if self.cluster else survives_restart
+        self.store.apply([Put(b) for b in self.persistence.load(self.clock.wall(), keep)])
         if self.commit.writer is not None:
             self.persistence.close()
             await self.commit.writer.start()
@@ -154,6 +156,8 @@ class Server:
                 if self.media is not None:
                     await nursery.start(self.media.run)  # rtpengine's ng client and call lanes
                 await nursery.start(serve, specs, self.flows, self, ssl_ctx, self._bound)
+                if self.cluster is not None:
+                    await nursery.start(self.cluster.run)
                 self.nat_keeper.adopt_restored()
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self.commit.run)

@@ -164,3 +164,21 @@ async def test_a_redis_that_stops_answering_gets_register_503_within_its_timeout
         await carol.send(register(carol, "carol", call_id="frozen", cseq=2, expires=600))
         assert (await carol.recv_response()).status == 200
     assert set(_bindings(redis)) == {"carol"}
+
+
+async def test_a_server_on_redis_is_not_held_overloaded_after_its_first_register(
+    tmp_path: Path, redis: RedisServer  # noqa: F811
+) -> None:
+    """Issue 19/20: the group-commit age is an overload signal; the Redis commit used to leave it
+    running after the first batch, so half a second later every new request was shed with 503.
+    A REGISTER long after the first one, and a MESSAGE, must be served normally."""
+    async with running_server(tmp_path, store=_store(redis)) as server:
+        bob = await UdpUA.open(addr(server, "udp"))
+        alice = await UdpUA.open(addr(server, "udp"))
+        await bob.send(register(bob, "bob", expires=600))
+        assert (await bob.recv_response()).status == 200
+        await trio.sleep(3 * server.cfg.limits.overload_queue_delay + 0.2)
+        await alice.send(register(alice, "alice", expires=600))
+        assert (await alice.recv_response()).status == 200
+        await trio.sleep(3 * server.cfg.limits.overload_queue_delay + 0.2)
+        await _message_reaches(alice, bob, "not shed")
