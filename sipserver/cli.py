@@ -336,17 +336,17 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _config_error(exc)
     # --workers N: this process supervises N workers, which run the same command line with
     # SIPSERVER_WORKER set (sipserver.workers); a worker is a server with a few settings changed.
-    worker = os.environ.get("SIPSERVER_WORKER")
+    worker = os.environ.pop("SIPSERVER_WORKER", "")  # popped: a child of the worker is none
     if worker:
         from sipserver import workers
 
         try:
             slot = workers.WorkerSlot.parse(worker)
+            setup_logging(cfg.server.log_level, cfg.server.log_format, worker=slot.index)
+            cfg = workers.become_worker(cfg, slot, os.environ.pop(workers.FDS_ENV, ""))
         except ValueError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return 2
-        setup_logging(cfg.server.log_level, cfg.server.log_format, worker=slot.index)
-        cfg = workers.become_worker(cfg, slot)
     elif args.workers > 1:
         from sipserver import workers
 

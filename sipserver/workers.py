@@ -1,21 +1,25 @@
 """``sipserver run --workers N``: one supervisor process and N worker processes on one host.
 
-Each worker is a whole server and a node of the cluster (docs/workers.md, docs/cluster.md): it
-binds the same public listen ports as the others with SO_REUSEPORT, so the kernel hashes each
-UDP 4-tuple and each TCP connection to one worker, and it has a private TCP listener of its own
-that is its ``cluster.address``, where the other workers forward requests for the flows it holds.
+Each worker is a whole server and a node of the cluster (docs/workers.md, docs/cluster.md). The
+supervisor binds the public listen ports N times with SO_REUSEPORT, one set of sockets per
+worker, and hands each worker its set (inherited file descriptors); the kernel hashes each UDP
+4-tuple and each TCP connection to one socket of the group, so to one worker. Each worker also
+binds a private TCP listener of its own, its ``cluster.address``, where the other workers forward
+requests for the flows it holds.
 
 The supervisor is plain ``subprocess`` and signals (no trio): it starts the workers as
-``python -m sipserver <the same arguments>`` with ``SIPSERVER_WORKER=i:N:PORT`` in their
-environment (``WorkerSlot``), forwards SIGINT, SIGTERM and SIGHUP to them, and restarts one that
-dies with a backoff.
+``python -m sipserver <the same arguments>`` with ``SIPSERVER_WORKER=i:N:PORT`` and
+``SIPSERVER_WORKER_FDS`` in their environment, forwards SIGINT, SIGTERM and SIGHUP to them, and
+restarts one that dies with a backoff.
 
 Invariants:
 - nothing is started unless ``refusal`` found nothing wrong with the configuration: N > 1 needs
   ``store.backend = "redis"`` (an SQLite file shared by processes tells none of them about the
   others' writes, so each worker's in-memory view of the bindings would drift) and fixed ports;
-- a worker's private port never changes while the supervisor runs (restarts reuse it), and is
-  never one of the public ports, which are the only ones bound with SO_REUSEPORT;
+- the supervisor keeps every worker's sockets open for as long as it runs: a dead worker's
+  sockets stay in their SO_REUSEPORT groups, so the kernel's choice of worker for a UDP peer or
+  a connection never changes (packets for a dead worker wait in its socket for its restart,
+  which gets the same sockets, the same private port and the same node id);
 - a worker dies with the supervisor (Linux PR_SET_PDEATHSIG), so no orphan keeps a shared port;
 - workers run in their own process group: a terminal's Ctrl-C reaches the supervisor alone,
   which forwards it once (a second SIGINT would cut a worker's shutdown short).
@@ -40,6 +44,7 @@ import attrs
 from sipserver.config import Config, ListenSpec, parse_host_port
 
 __all__ = [
+    "FDS_ENV",
     "WORKER_ENV",
     "Backoff",
     "Supervisor",
@@ -47,6 +52,7 @@ __all__ = [
     "WorkerSlot",
     "become_worker",
     "mgmt_listen",
+    "open_shared",
     "private_address",
     "private_ports",
     "refusal",
@@ -57,6 +63,7 @@ __all__ = [
 log = logging.getLogger("sipserver.workers")
 
 WORKER_ENV = "SIPSERVER_WORKER"
+FDS_ENV = "SIPSERVER_WORKER_FDS"  # LISTEN_INDEX=FD,FD;... : the worker's shared sockets
 MAX_WORKERS = 256
 # While a worker is starting, its private port is looked at this often: once it listens the
 # worker has bound every listener (they are bound together) and is up.
@@ -65,6 +72,9 @@ _TCP_LISTEN = "0A"  # the state column of /proc/net/tcp (include/net/tcp_states.
 # Seconds a worker's processes get to stop after SIGTERM/SIGINT before they are killed.
 STOP_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# As sipserver.transport.listeners sets them on the sockets it binds.
+_UDP_RCVBUF = 4 * 1024 * 1024
+_BACKLOG = 1024
 
 
 @attrs.frozen
@@ -183,12 +193,13 @@ def refusal(cfg: Config, count: int) -> str | None:
     return None
 
 
-def become_worker(cfg: Config, slot: WorkerSlot) -> Config:
-    """In a worker process, before the server starts: share the public ports (SO_REUSEPORT)
-    and return the worker's configuration."""
+def become_worker(cfg: Config, slot: WorkerSlot, fds: str) -> Config:
+    """In a worker process, before the server starts: adopt the shared sockets the supervisor
+    passed (``fds``, the value of SIPSERVER_WORKER_FDS) and return the worker's configuration.
+    ValueError if ``fds`` does not name sockets for every listener."""
     from sipserver.transport import listeners  # lazy: the supervisor never imports trio
 
-    listeners.reuse_ports = frozenset(spec.port for spec in cfg.server.listen)
+    listeners.inherited = adopt(cfg, fds)
     wcfg = worker_config(cfg, slot)
     mgmt = wcfg.mgmt.listen
     log.info(
@@ -200,6 +211,85 @@ def become_worker(cfg: Config, slot: WorkerSlot) -> Config:
         f", management API {mgmt} (mgmt.listen port + {slot.index - 1})" if mgmt else "",
     )
     return wcfg
+
+
+def fds_text(shared: Sequence[Sequence[socket.socket]]) -> str:
+    """SIPSERVER_WORKER_FDS for sockets of each listener: ``0=5,6;1=7``."""
+    return ";".join(
+        f"{index}={','.join(str(s.fileno()) for s in socks)}" for index, socks in enumerate(shared)
+    )
+
+
+def adopt(cfg: Config, text: str) -> dict[ListenSpec, list[socket.socket]]:
+    """The sockets ``text`` (SIPSERVER_WORKER_FDS) names, by the listener they serve."""
+    adopted: dict[ListenSpec, list[socket.socket]] = {}
+    specs = cfg.server.listen
+    try:
+        for item in text.split(";") if text else []:
+            index, _, fds = item.partition("=")
+            spec = specs[int(index)]
+            adopted[spec] = [socket.socket(fileno=int(fd)) for fd in fds.split(",")]
+    except (ValueError, IndexError, OSError) as exc:
+        raise ValueError(f"{FDS_ENV}={text!r} does not name this worker's sockets ({exc})") from None
+    missing = [str(spec) for spec in specs if spec not in adopted]
+    if missing:
+        raise ValueError(f"{FDS_ENV}={text!r} has no sockets for {', '.join(missing)}")
+    for socks in adopted.values():
+        for raw in socks:
+            raw.setblocking(False)
+    return adopted
+
+
+def open_shared(cfg: Config) -> list[list[socket.socket]]:
+    """One worker's sockets of every public listener (in ``server.listen`` order), bound with
+    SO_REUSEPORT and listening; OSError naming the listener if one cannot be bound. The socket
+    options are those sipserver.transport.listeners gives a socket it binds itself."""
+    opened: list[list[socket.socket]] = []
+    try:
+        for spec in cfg.server.listen:
+            socks: list[socket.socket] = []
+            opened.append(socks)
+            _bind_shared(spec, socks)
+    except BaseException:
+        for socks in opened:
+            for raw in socks:
+                raw.close()
+        raise
+    return opened
+
+
+def _bind_shared(spec: ListenSpec, socks: list[socket.socket]) -> None:
+    datagram = not spec.is_stream
+    kind = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
+    try:
+        infos = socket.getaddrinfo(spec.host or None, spec.port, type=kind, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot resolve listen address {spec.host!r}: {exc}") from exc
+    seen: set[tuple[int, str]] = set()
+    for family, type_, proto, _, sockaddr in infos:
+        key = (int(family), str(sockaddr[0]))
+        if key in seen:
+            continue
+        seen.add(key)
+        raw = socket.socket(family, type_, proto)
+        socks.append(raw)
+        if family == socket.AF_INET6:
+            raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if datagram:
+            with contextlib.suppress(OSError):  # the kernel caps it; not fatal
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
+        else:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            raw.bind(sockaddr)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot bind {spec.transport} {sockaddr[0]} port {spec.port}: {exc.strerror}",
+            ) from exc
+        if not datagram:
+            raw.listen(_BACKLOG)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +325,7 @@ class Worker:
     slot: WorkerSlot
     node: str
     address: tuple[str, int]  # its private listener, probed to tell it is up
+    shared: list[list[socket.socket]] = attrs.Factory(list)  # per listener, kept open here
     backoff: Backoff = attrs.Factory(Backoff)
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
@@ -289,6 +380,7 @@ class Supervisor:
     def _spawn(self, worker: Worker) -> None:
         env = dict(os.environ)
         env[WORKER_ENV] = str(worker.slot)
+        env[FDS_ENV] = fds_text(worker.shared)
         parent, prctl = os.getpid(), self._prctl
 
         def in_child() -> None:
@@ -303,7 +395,11 @@ class Supervisor:
         worker.runs += 1
         worker.started = time.monotonic()
         worker.proc = subprocess.Popen(
-            self.command, env=env, stdin=subprocess.DEVNULL, preexec_fn=in_child
+            self.command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            pass_fds=[raw.fileno() for socks in worker.shared for raw in socks],
+            preexec_fn=in_child,
         )
         log.info(
             "worker %d started: pid %d, node %s", worker.slot.index, worker.proc.pid, worker.node
@@ -525,8 +621,9 @@ def pick_ports(host: str, count: int, avoid: set[int] | frozenset[int] = frozens
 
 
 def supervise(cfg: Config, count: int, argv: Sequence[str]) -> int:
-    """``sipserver run --workers N`` (N > 1, ``refusal`` found nothing): start the workers as
-    ``python -m sipserver ARGV`` and supervise them; returns the exit status."""
+    """``sipserver run --workers N`` (N > 1, ``refusal`` found nothing): bind the shared
+    sockets, start the workers as ``python -m sipserver ARGV`` and supervise them; returns the
+    exit status."""
     if not cfg.outbound.secret:
         # Every worker must mint and verify the same flow tokens: create the key file once,
         # here, instead of N workers racing to (keyfile settles the race too, but one error
@@ -539,14 +636,25 @@ def supervise(cfg: Config, count: int, argv: Sequence[str]) -> int:
             log.error("%s", exc)
             return 1
     ports = private_ports(cfg, count)
-    workers = []
-    for index, port in enumerate(ports, 1):
-        slot = WorkerSlot(index, count, port)
-        workers.append(Worker(slot, node_id(cfg, index), private_address(cfg, slot)))
-    log.info(
-        "starting %d workers (nodes %s) sharing %s",
-        count,
-        ", ".join(w.node for w in workers),
-        ", ".join(str(s) for s in cfg.server.listen),
-    )
-    return Supervisor([sys.executable, "-m", "sipserver", *argv], workers).run()
+    workers: list[Worker] = []
+    try:
+        for index, port in enumerate(ports, 1):
+            slot = WorkerSlot(index, count, port)
+            worker = Worker(slot, node_id(cfg, index), private_address(cfg, slot))
+            workers.append(worker)
+            worker.shared = open_shared(cfg)
+        log.info(
+            "starting %d workers (nodes %s) sharing %s",
+            count,
+            ", ".join(w.node for w in workers),
+            ", ".join(str(s) for s in cfg.server.listen),
+        )
+        return Supervisor([sys.executable, "-m", "sipserver", *argv], workers).run()
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        for worker in workers:
+            for socks in worker.shared:
+                for raw in socks:
+                    raw.close()

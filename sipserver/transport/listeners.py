@@ -9,9 +9,8 @@ Invariants:
 - nothing a peer does can end a listener: accept errors are logged (and back off when the
   process is out of file descriptors), connection tasks catch their own failures;
 - when ``serve`` is cancelled, every flow is reported closed with cause "shutdown";
-- a listener whose port is in ``reuse_ports`` (set by a worker of ``sipserver run --workers N``)
-  is bound with SO_REUSEPORT, so the N processes bind the same ports and the kernel hashes each
-  UDP 4-tuple and TCP connection to one of them (Linux: only among sockets of the same user).
+- a listener found in ``inherited`` is not bound here: a worker of ``sipserver run --workers N``
+  serves the sockets its supervisor bound for it (SO_REUSEPORT, sipserver.workers).
 """
 
 from __future__ import annotations
@@ -40,9 +39,9 @@ _WS_TASK = "sipserver.websocket"
 
 __all__ = ["BoundListener", "serve"]
 
-# The public ports a worker of ``sipserver run --workers N`` shares with the other workers, set
-# by sipserver.workers before the server starts; its private cluster port is not among them.
-reuse_ports: frozenset[int] = frozenset()
+# A worker's sockets of its shared listeners, bound (and listening) by the supervisor, by spec;
+# set by sipserver.workers before the server starts, taken by ``serve``.
+inherited: dict[ListenSpec, list[socket.socket]] = {}
 
 _UDP_RCVBUF = 4 * 1024 * 1024
 _BACKLOG = 1024
@@ -90,7 +89,7 @@ async def serve(
     attached = False
     try:
         for spec in listeners:
-            for raw in await _bind(spec):
+            for raw in inherited.pop(spec, None) or await _bind(spec):
                 opened.append((spec, raw))
         bound = [_describe(spec, raw) for spec, raw in opened]
         if on_bound is not None:
@@ -162,8 +161,6 @@ async def _bind(spec: ListenSpec) -> list[socket.socket]:
                     pass  # the kernel caps it; not fatal
             elif hasattr(socket, "SO_REUSEADDR") and not hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if spec.port in reuse_ports:
-                raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 raw.bind(sockaddr)
             except OSError as exc:

@@ -56,11 +56,11 @@ def _config(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def _redis_config(tmp_path: Path, r: RedisServer, port: int, mgmt: int | None = None) -> Path:
+def _redis_config(tmp_path: Path, redis_url: str, port: int, mgmt: int | None = None) -> Path:
     body = (
         f'[server]\nlisten = ["udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"]\n'
         f'domains = ["example.com"]\ndata_dir = "{tmp_path / "data"}"\n'
-        f'[store]\nbackend = "redis"\nredis_url = "{r.url}"\n'
+        f'[store]\nbackend = "redis"\nredis_url = "{redis_url}"\n'
     )
     if mgmt is not None:
         body += f'[mgmt]\nlisten = "127.0.0.1:{mgmt}"\n'
@@ -213,7 +213,7 @@ def test_two_workers_share_the_ports_and_stop_on_sigterm(
     over UDP to the shared port is stored in Redis; each worker's management API is on
     mgmt.listen's port + (i - 1); SIGHUP reaches both; SIGTERM stops everything with 0."""
     port, mgmt = free_tcp_port(), _free_pair()
-    sup = start(_redis_config(tmp_path, redis, port, mgmt))
+    sup = start(_redis_config(tmp_path, redis.url, port, mgmt))
     pids, private = sup.pids(), sup.private_ports()
     assert sorted(pids) == sorted(private) == [1, 2]
     assert len(set(pids.values())) == 2 and sup.proc.pid not in pids.values()
@@ -238,46 +238,90 @@ def test_two_workers_share_the_ports_and_stop_on_sigterm(
     assert re.search(r"worker 2 of 2: node w2, .*management API 127\.0\.0\.1:\d+ \(mgmt\.listen port \+ 1\)", out)
 
 
-def test_a_killed_worker_is_restarted_and_the_shared_port_keeps_answering(
+def _udp_owners(mgmt: int, clients: list[socket.socket]) -> list[int]:
+    """Which worker (1 or 2) holds the UDP flow of each client, from each worker's GET /flows."""
+    owner: dict[int, int] = {}
+    for index in (1, 2):
+        with urllib.request.urlopen(f"http://127.0.0.1:{mgmt + index - 1}/flows", timeout=5) as resp:
+            for flow in json.loads(resp.read())["flows"]:
+                if flow["transport"] == "udp":
+                    owner[int(flow["peer"].rpartition(":")[2])] = index
+    return [owner.get(c.getsockname()[1], 0) for c in clients]
+
+
+def _udp_from(client: socket.socket, port: int, data: bytes) -> Response:
+    client.settimeout(8.0)  # a datagram for a worker being restarted waits in its socket
+    client.sendto(data, ("127.0.0.1", port))
+    msg = parse_message(client.recvfrom(65536)[0])
+    assert isinstance(msg, Response)
+    return msg
+
+
+def test_a_killed_worker_is_restarted_and_every_peer_keeps_its_worker(
     tmp_path: Path, redis: RedisServer, start  # noqa: F811
 ) -> None:
-    """SIGKILL of worker 1: the other keeps answering on the shared port at once, the supervisor
-    logs the signal and starts worker 1 again (same private port) after its 1 s backoff."""
-    port = free_tcp_port()
-    sup = start(_redis_config(tmp_path, redis, port))
+    """SIGKILL of worker 1: the supervisor logs the signal and starts worker 1 again after its
+    1 s backoff, with the same private port and the same shared sockets (the supervisor holds
+    them), so the kernel hands every UDP peer to the same worker as before the kill; what was
+    sent to worker 1 meanwhile is answered once it is back, the other worker answers at once."""
+    port, mgmt = free_tcp_port(), _free_pair()
+    sup = start(_redis_config(tmp_path, redis.url, port, mgmt))
     before, private = sup.pids(), sup.private_ports()
-    os.kill(before[1], signal.SIGKILL)
-    sup.wait_for(rf"worker 1 \(pid {before[1]}, node w1\) was killed by SIGKILL after [\d.]+ s; restarting it in 1 s")
-    for _ in range(5):  # fresh 4-tuples: each lands on a live worker
-        assert _udp(port, _options("UDP")).status == 200
-        assert _tcp(port, _options("TCP")).status == 200
-    sup.wait_for(r"worker 1 is up", count=2)
-    after = sup.pids()
-    assert after[1] != before[1] and after[2] == before[2]
-    assert _alive(after[1]) and not _alive(before[1])
-    assert _tcp(private[1], _options("TCP")).status == 200  # the same private port again
-    assert sup.private_ports() == private
-    assert _udp(port, _register("bob")).status == 200
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+    try:
+        for c in clients:
+            c.bind(("127.0.0.1", 0))
+            assert _udp_from(c, port, _options("UDP")).status == 200
+        owners = _udp_owners(mgmt, clients)
+        assert set(owners) <= {1, 2} and 0 not in owners
+
+        os.kill(before[1], signal.SIGKILL)
+        sup.wait_for(rf"worker 1 \(pid {before[1]}, node w1\) was killed by SIGKILL after [\d.]+ s; restarting it in 1 s")
+        assert _tcp(port, _options("TCP")).status == 200  # new connections: the live worker
+        for c in clients:
+            assert _udp_from(c, port, _options("UDP")).status == 200
+        sup.wait_for(r"worker 1 is up", count=2)
+        after = sup.pids()
+        assert after[1] != before[1] and after[2] == before[2]
+        assert _alive(after[1]) and not _alive(before[1])
+        assert _tcp(private[1], _options("TCP")).status == 200  # the same private port again
+        assert sup.private_ports() == private
+        assert _udp_owners(mgmt, clients) == owners
+    finally:
+        for c in clients:
+            c.close()
     assert sup.stop() == 0
     assert not any(_alive(pid) for pid in after.values())
 
 
-def test_every_worker_failing_at_start_up_stops_the_supervisor(
-    tmp_path: Path, redis: RedisServer  # noqa: F811
-) -> None:
-    """The shared TCP port is taken by a socket without SO_REUSEPORT: both workers fail to bind,
-    the supervisor exits non-zero with the workers' error on the shared stderr."""
+def test_a_port_in_use_stops_the_supervisor_before_any_worker(tmp_path: Path) -> None:
+    """The shared TCP port is taken by a socket without SO_REUSEPORT: the supervisor, which binds
+    the shared sockets, says so and exits 1 without starting a worker."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            _command(_redis_config(tmp_path, redis, port)), capture_output=True, text=True,
+            _command(_redis_config(tmp_path, "redis://127.0.0.1:9/0", port)), capture_output=True, text=True,
             timeout=60, cwd=tmp_path,
         )
     assert done.returncode == 1, done.stderr
     assert f"cannot bind tcp 127.0.0.1 port {port}: Address already in use" in done.stderr
-    assert "every worker failed at start-up" in done.stderr
+    assert "started" not in done.stderr
+
+
+def test_every_worker_failing_at_start_up_stops_the_supervisor(tmp_path: Path) -> None:
+    """Redis is not there: each worker fails loading the bindings, before it is up; the
+    supervisor exits non-zero, the workers' error on the shared stderr."""
+    url = f"redis://127.0.0.1:{free_tcp_port()}/0"
+    done = subprocess.run(
+        _command(_redis_config(tmp_path, url, free_tcp_port())), capture_output=True, text=True,
+        timeout=60, cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"store.redis_url {url}" in done.stderr
+    assert re.search(r"every worker failed at start-up \(worker \d exited with status 1\)", done.stderr)
+    assert "worker 1 started" in done.stderr and "worker 2 started" in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ The real server under a real supervisor is tests/integration/test_workers.py.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -177,7 +178,7 @@ def fake_runtime(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
     monkeypatch.delenv(workers.WORKER_ENV, raising=False)
     from sipserver.transport import listeners
 
-    monkeypatch.setattr(listeners, "reuse_ports", frozenset())
+    monkeypatch.setattr(listeners, "inherited", {})
     return calls
 
 
@@ -187,7 +188,7 @@ def test_one_worker_is_the_single_process_server(fake_runtime: list[Config]) -> 
     assert cli.main(["run"]) == 0
     assert cli.main(["run", "--workers", "1"]) == 0
     assert fake_runtime == [Config(), Config()]
-    assert listeners.reuse_ports == frozenset()
+    assert listeners.inherited == {}
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "257"])
@@ -207,18 +208,72 @@ def test_two_workers_without_redis_start_nothing(
     assert fake_runtime == [] and not (tmp_path / "d").exists()
 
 
-def test_a_worker_runs_its_own_config_and_shares_the_public_ports(
+def test_a_worker_runs_its_own_config_on_the_sockets_it_inherited(
     fake_runtime: list[Config], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from sipserver.transport import listeners
 
     path = tmp_path / "c.toml"
-    path.write_text('[server]\nlisten = ["udp:127.0.0.1:5070", "tcp:127.0.0.1:5071"]\n[store]\nbackend = "redis"\n')
-    monkeypatch.setenv(workers.WORKER_ENV, "2:2:41000")
-    assert cli.main(["run", "-c", str(path), "--workers", "2"]) == 0
-    (cfg,) = fake_runtime
-    assert cfg.cluster.node_id == "w2" and cfg.cluster.address == "127.0.0.1:41000"
-    assert listeners.reuse_ports == frozenset({5070, 5071})  # not the private 41000
+    path.write_text('[server]\nlisten = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]\n[store]\nbackend = "redis"\n')
+    cfg = config_from_dict({"server": {"listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]}, **REDIS})
+    shared = workers.open_shared(cfg)  # what the supervisor passes (port 0: only in this test)
+    try:
+        monkeypatch.setenv(workers.WORKER_ENV, "2:2:41000")
+        monkeypatch.setenv(workers.FDS_ENV, workers.fds_text(shared))
+        assert cli.main(["run", "-c", str(path), "--workers", "2"]) == 0
+        (wcfg,) = fake_runtime
+        assert wcfg.cluster.node_id == "w2" and wcfg.cluster.address == "127.0.0.1:41000"
+        adopted = listeners.inherited
+        assert list(adopted) == list(cfg.server.listen)  # not the private listener
+        assert [[s.fileno() for s in socks] for socks in adopted.values()] == [
+            [s.fileno() for s in socks] for socks in shared
+        ]
+        # Popped: a process the worker starts is no worker.
+        assert workers.WORKER_ENV not in os.environ and workers.FDS_ENV not in os.environ
+    finally:
+        for socks in listeners.inherited.values():
+            for raw in socks:
+                raw.detach()  # the same descriptors as ``shared``
+        for socks in shared:
+            for raw in socks:
+                raw.close()
+
+
+def test_shared_sockets_are_bound_with_so_reuseport_and_listening() -> None:
+    cfg = cfg_of(server={"listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]})
+    first = workers.open_shared(cfg)
+    try:
+        (udp,), (tcp,) = first
+        assert udp.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        assert tcp.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        port = tcp.getsockname()[1]
+        # A second worker's sockets on the same fixed ports.
+        again = cfg_of(server={"listen": [f"udp:127.0.0.1:{udp.getsockname()[1]}", f"tcp:127.0.0.1:{port}"]})
+        second = workers.open_shared(again)
+        for socks in second:
+            for raw in socks:
+                raw.close()
+    finally:
+        for socks in first:
+            for raw in socks:
+                raw.close()
+
+
+def test_a_port_taken_without_so_reuseport_is_named() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = cfg_of(server={"listen": [f"tcp:127.0.0.1:{port}"]})
+        with pytest.raises(OSError, match=f"cannot bind tcp 127.0.0.1 port {port}: Address already in use"):
+            workers.open_shared(cfg)
+
+
+@pytest.mark.parametrize("text", ["", "0=999999", "5=3", "0=x", "1=3"])
+def test_bad_fds_are_refused(text: str) -> None:
+    cfg = cfg_of(server={"listen": ["udp:127.0.0.1:5070"]})
+    with pytest.raises(ValueError, match="SIPSERVER_WORKER_FDS"):
+        workers.adopt(cfg, text)
 
 
 def test_a_worker_with_a_bad_slot_stops(
