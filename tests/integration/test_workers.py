@@ -348,3 +348,93 @@ def test_refused_before_anything_starts(tmp_path: Path, body: str, message: str)
     assert done.returncode == 2
     assert done.stderr.strip() == message
     assert not (tmp_path / "sipserver-data").exists()  # nothing was started or created
+
+
+def _tcp_recv(conn: socket.socket) -> bytes:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = conn.recv(65536)
+        assert chunk, "connection closed"
+        buf += chunk
+    return buf
+
+
+def _flow_owner(mgmt: int, local_port: int) -> int:
+    for index in (1, 2):
+        with urllib.request.urlopen(f"http://127.0.0.1:{mgmt + index - 1}/flows", timeout=5) as resp:
+            if any(f["peer"].endswith(f":{local_port}") for f in json.loads(resp.read())["flows"]):
+                return index
+    return 0
+
+
+def test_a_phone_on_one_worker_gets_a_message_sent_through_the_other(
+    tmp_path: Path, redis: RedisServer, start  # noqa: F811
+) -> None:
+    """End to end with the cluster routing (docs/cluster.md): alice registers over UDP and her
+    flow is held by the worker the kernel picked; bob, on a TCP connection held by the other
+    worker, sends her a MESSAGE: it reaches alice's UDP socket, and her 200 reaches bob."""
+    port, mgmt = free_tcp_port(), _free_pair()
+    sup = start(_redis_config(tmp_path, redis.url, port, mgmt))
+    # Each worker knows the other once it has read its heartbeat key (sipserver.cluster).
+    sup.wait_for(r"cluster: node w\d is alive", count=2, timeout=10)
+    alice = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    alice.bind(("127.0.0.1", 0))
+    alice.settimeout(5)
+    conns: list[socket.socket] = []
+    try:
+        a_port = alice.getsockname()[1]
+        tag = secrets.token_hex(4)
+        alice.sendto(
+            (
+                f"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{a_port};branch=z9hG4bK{tag};rport\r\n"
+                f"Max-Forwards: 70\r\nTo: <sip:alice@example.com>\r\nFrom: <sip:alice@example.com>;tag={tag}\r\n"
+                f"Call-ID: a-{tag}\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@127.0.0.1:{a_port};ob>;reg-id=1;"
+                f'+sip.instance="<urn:uuid:00000000-0000-4000-8000-{a_port:012d}>"\r\n'
+                f"Supported: path, outbound\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            ("127.0.0.1", port),
+        )
+        reply = parse_message(alice.recvfrom(65536)[0])
+        assert isinstance(reply, Response) and reply.status == 200
+        holder = _flow_owner(mgmt, a_port)
+        assert holder in (1, 2)
+        bob = None
+        for _ in range(40):  # new connections until one lands on the other worker
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            conns.append(conn)
+            conn.sendall(b"\r\n\r\n")  # a keepalive: the connection is a flow, nothing else
+            assert conn.recv(16) == b"\r\n"
+            if _flow_owner(mgmt, conn.getsockname()[1]) == 3 - holder:
+                bob = conn
+                break
+        assert bob is not None, "no TCP connection landed on the other worker"
+        b_port = bob.getsockname()[1]
+        bob.sendall(
+            (
+                f"MESSAGE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{b_port};branch=z9hG4bK{tag}m;rport\r\n"
+                f"Max-Forwards: 70\r\nTo: <sip:alice@example.com>\r\nFrom: <sip:bob@example.com>;tag={tag}b\r\n"
+                f"Call-ID: m-{tag}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+            ).encode()
+        )
+        try:
+            data, server = alice.recvfrom(65536)
+        except TimeoutError:
+            bob.settimeout(1)
+            raise AssertionError(f"alice got nothing; bob got {_tcp_recv(bob).decode()}") from None
+        request = parse_message(data)
+        assert not isinstance(request, Response) and request.method == "MESSAGE"
+        assert request.body == b"hi"
+        alice.sendto(_answer_200(data), server)
+        answer = parse_message(_tcp_recv(bob))
+        assert isinstance(answer, Response) and answer.status == 200
+    finally:
+        alice.close()
+        for conn in conns:
+            conn.close()
+
+
+def _answer_200(request: bytes) -> bytes:
+    """A 200 to ``request``: its Via, From, To, Call-ID and CSeq lines copied."""
+    head = request.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    keep = [line for line in head if line.split(b":", 1)[0].strip().lower() in (b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq")]
+    return b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b"\r\nContent-Length: 0\r\n\r\n"
