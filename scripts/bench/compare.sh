@@ -3,7 +3,8 @@
 # registrar job, on the same machine, with the same clients.
 #
 #   scripts/bench/compare.sh [--rounds N] [--quick] [--only WORKLOAD[,WORKLOAD..]]
-#                            [--capacity | --no-capacity] [--wait-idle SECONDS] [--keep] [--check]
+#                            [--capacity | --no-capacity] [--workers N] [--wait-idle SECONDS]
+#                            [--keep] [--check]
 #
 # Servers (both on 127.0.0.1, free ports, started fresh for every measurement, stopped after):
 #   sipserver  `$PYTHON -m sipserver run -c FILE` from this checkout: SQLite location store (the
@@ -87,6 +88,22 @@
 # start or failed the pre-flight REGISTER, 2 a tool is missing or bad usage.
 # Other load on the machine skews every figure: each run reports other_cpu_s, the CPU seconds
 # used meanwhile by neither the server nor the clients, and is marked MACHINE_BUSY above 2 s.
+# --workers N (default 1; issue 20): sipserver runs as `sipserver run --workers N` (a supervisor
+# and N worker processes sharing the listen ports with SO_REUSEPORT, each a cluster node), with a
+# redis-server of its own per server start (a free loopback port, its own directory under the
+# work dir, --save "" --appendonly yes --appendfsync everysec; stopped with the server, so every
+# sweep step still starts from an empty store), [store] backend = "redis" and a fixed [outbound]
+# secret. The server is ready when all N workers' heartbeat keys are in Redis, plus 1.5 s for
+# them to see each other. Kamailio is unchanged (its 2 workers). N > 1 runs the capacity sweeps
+# only (as --capacity), and their keys get a _wN suffix: <w>_capacity_wN_sipserver,
+# <w>_capacity_wN_kamailio, <w>_capacity_wN_ratio, <w>_per_cpu_s_wN_sipserver/_kamailio/_ratio,
+# <w>_per_cpu_s_wN_rate, <w>_sipp_limited_wN, <w>_redis_cpu_share_wN. sipserver's CPU figure
+# is the supervisor + all workers (+ their store-writer children) + redis-server;
+# redis_cpu_share is redis-server's part of it at the per_cpu_s rate (each step's redis_cpu_s is
+# in the step notes). The kernel spreads UDP peers and TCP connections over the workers by a
+# hash of the 4-tuple, so one sipp process (one source port or connection) would load one
+# worker: each step runs at least SWEEP_MIN_PROCS (default 2N) REGISTER / caller sipp processes,
+# for both servers; the hash still need not split them evenly.
 # --wait-idle S: before each run wait up to S seconds for the machine to be idle (default 0).
 # --keep (or KEEP_WORK=1) keeps the work directory: server logs, sipp stats and error logs.
 # --check: only check that the tools are there (exit 0 if so, 2 if not) and say which are used.
@@ -99,7 +116,7 @@ CMP="$HERE/compare"
 KCFG="$HERE/kamailio/kamailio.cfg"
 ALL="reg_udp reg_tcp reg_tcpn calls flow_bytes_tcp flow_bytes_ws keepalive_p99_ms failover_p99_ms"
 
-usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; echo "workloads: $ALL" >&2; exit 2; }
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; echo "workloads: $ALL" >&2; exit 2; }
 
 ROUNDS=""
 QUICK=0
@@ -108,6 +125,7 @@ KEEP="${KEEP_WORK:-0}"
 IDLE_WAIT=0
 CHECK=0
 CAPACITY_MODE=both     # both | only (--capacity) | none (--no-capacity)
+WORKERS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) [ $# -ge 2 ] || usage; ROUNDS="$2"; shift 2 ;;
@@ -118,6 +136,7 @@ while [ $# -gt 0 ]; do
         --check) CHECK=1; shift ;;
         --capacity) CAPACITY_MODE=only; shift ;;
         --no-capacity) CAPACITY_MODE=none; shift ;;
+        --workers) [ $# -ge 2 ] || usage; WORKERS="$2"; shift 2 ;;
         -h|--help) usage ;;
         *) usage ;;
     esac
@@ -125,6 +144,11 @@ done
 [ -n "$ROUNDS" ] || { [ "$QUICK" = 1 ] && ROUNDS=1 || ROUNDS=2; }
 [[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 1 && "$ROUNDS" -le 20 ]] || usage
 [[ "$IDLE_WAIT" =~ ^[0-9]+$ ]] || usage
+[[ "$WORKERS" =~ ^[0-9]+$ && "$WORKERS" -ge 1 && "$WORKERS" -le 32 ]] || usage
+if [ "$WORKERS" -gt 1 ]; then
+    [ "$CAPACITY_MODE" = none ] && { echo "--workers $WORKERS: measures the capacity sweeps only; --no-capacity leaves nothing" >&2; exit 2; }
+    CAPACITY_MODE=only
+fi
 SELECTED=""
 for w in ${ONLY//,/ }; do
     case " $ALL " in *" $w "*) SELECTED+=" $w" ;; *) echo "unknown workload: $w" >&2; usage ;; esac
@@ -149,6 +173,16 @@ if ! "$PYTHON" -c 'import trio, trio_websocket' >/dev/null 2>&1; then
     echo "$PYTHON: a python with trio and trio-websocket is required (the project's own" \
          "dependencies): run ./scripts/test once to create .venv, or set PYTHON" >&2
     missing=1
+fi
+if [ "$WORKERS" -gt 1 ]; then
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        echo "--workers $WORKERS: redis-server and redis-cli not found: install them with 'apt-get install redis-server'" >&2
+        missing=1
+    fi
+    if ! "$PYTHON" -c 'import redis' >/dev/null 2>&1; then
+        echo "--workers $WORKERS: $PYTHON has no redis client (pip install redis)" >&2
+        missing=1
+    fi
 fi
 [ "$missing" = 0 ] || exit 2
 if [ "$CHECK" = 1 ]; then
@@ -176,7 +210,10 @@ fi
 : "${SWEEP_FACTOR:=1.5}" "${SWEEP_MAX:=100000}" "${SWEEP_P99_MS:=50}" "${SWEEP_RECV_TIMEOUT_MS:=2000}"
 : "${SWEEP_SIPP_RATE:=25000}" "${SWEEP_CALLER_RATE:=5000}" "${SWEEP_CALLEE_RATE:=5000}" "${SIPP_LIMIT_CORES:=0.85}"
 : "${SWEEP_BUSY_S:=1}"
-export SIPP_LIMIT_CORES SWEEP_BUSY_S
+: "${SWEEP_MIN_PROCS:=$([ "$WORKERS" -gt 1 ] && echo $((2 * WORKERS)) || echo 1)}"
+CAP_SUFFIX=""
+[ "$WORKERS" -gt 1 ] && CAP_SUFFIX="_w$WORKERS"
+export SIPP_LIMIT_CORES SWEEP_BUSY_S CAP_SUFFIX
 [[ "$SWEEP_DUR" =~ ^[0-9]+$ && "$SWEEP_DUR" -ge 2 ]] || { echo "SWEEP_DUR must be >= 2 (s)" >&2; exit 2; }
 CAP_ALL="reg_udp reg_tcp calls"
 FIXED=1; CAP=1
@@ -200,6 +237,8 @@ CAPACITY="$WORK/capacity.tsv"
 : > "$CAPACITY"
 SERVER_PID=""
 SERVER_NAME=""
+REDIS_PID=""
+REDIS_PORT=""
 CHILD_PIDS=""
 
 cleanup() {
@@ -248,6 +287,16 @@ start_server() {
     SERVER_LOG="$dir/server.log"
     SERVER_NAME="$name"
     if [ "$name" = sipserver ]; then
+        local store='backend = "sqlite"' extra="" wargs=()
+        if [ "$WORKERS" -gt 1 ]; then
+            start_redis "$dir/redis"
+            store="backend = \"redis\"
+redis_url = \"redis://127.0.0.1:$REDIS_PORT/0\""
+            extra="
+[outbound]
+secret = \"compare-sh-fixed-flow-token-secret\""
+            wargs=(--workers "$WORKERS")
+        fi
         cat > "$dir/sipserver.toml" <<EOF
 [server]
 listen = ["udp:127.0.0.1:$SIP_PORT", "tcp:127.0.0.1:$SIP_PORT", "ws:127.0.0.1:$WS_PORT"]
@@ -256,7 +305,7 @@ data_dir = "$dir/data"
 log_level = "warning"
 
 [store]
-backend = "sqlite"
+$store
 
 [rate_limit]
 enabled = false
@@ -264,9 +313,10 @@ enabled = false
 [limits]
 max_connections = 200000
 max_connections_per_ip = 200000
+$extra
 EOF
         (cd "$dir" && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m sipserver run \
-            -c "$dir/sipserver.toml" >"$SERVER_LOG" 2>&1) &
+            -c "$dir/sipserver.toml" ${wargs[@]+"${wargs[@]}"} >"$SERVER_LOG" 2>&1) &
     else
         (cd "$dir" && exec "$KAMAILIO" -f "$KCFG" -DD -E -A "WS_PORT=$WS_PORT" \
             -l "udp:127.0.0.1:$SIP_PORT" -l "tcp:127.0.0.1:$SIP_PORT" -l "tcp:127.0.0.1:$WS_PORT" \
@@ -279,12 +329,55 @@ EOF
         fi
         if (exec 3<>"/dev/tcp/127.0.0.1/$WS_PORT") 2>/dev/null \
             && (exec 3<>"/dev/tcp/127.0.0.1/$SIP_PORT") 2>/dev/null; then
+            [ "$name" = sipserver ] && [ "$WORKERS" -gt 1 ] && wait_workers
             sleep 0.5
             return 0
         fi
         sleep 0.1
     done
     echo "$name did not start listening:" >&2; tail -30 "$SERVER_LOG" >&2; exit 1
+}
+
+# start_redis DIR: a redis-server of its own on a free loopback port (REDIS_PID, REDIS_PORT),
+# AOF on (fsync every second, as docs/cluster.md advises), no RDB snapshots.
+start_redis() {
+    local rdir=$1
+    mkdir -p "$rdir"
+    REDIS_PORT="$(free_port)"
+    (cd "$rdir" && exec redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$rdir" \
+        --save "" --appendonly yes --appendfsync everysec --logfile "$rdir/redis.log" \
+        >/dev/null 2>&1) &
+    REDIS_PID=$!
+    for _ in $(seq 100); do
+        [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && return 0
+        kill -0 "$REDIS_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "redis-server did not start:" >&2; tail -20 "$rdir/redis.log" >&2; exit 1
+}
+
+stop_redis() {
+    [ -n "$REDIS_PID" ] || return 0
+    kill -TERM "$REDIS_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+    REDIS_PID=""
+}
+
+# wait_workers: the supervisor binds the shared ports before its workers run, so a connect says
+# little; wait (up to 30 s) until every worker's heartbeat key is in Redis, then 1.5 s more for the
+# workers to poll each other's (cluster.heartbeat_interval 1 s).
+wait_workers() {
+    local n=0
+    for _ in $(seq 300); do
+        n="$(redis-cli -p "$REDIS_PORT" --scan --pattern 'sipserver:node:*' 2>/dev/null | wc -l)"
+        [ "$n" -ge "$WORKERS" ] && { sleep 1.5; return 0; }
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "sipserver --workers $WORKERS: $n of $WORKERS workers beat in Redis:" >&2
+    tail -30 "$SERVER_LOG" >&2; exit 1
 }
 
 # stop_server: SIGTERM to the server, then to any worker left over (by pid), SIGKILL after 10 s.
@@ -299,9 +392,13 @@ stop_server() {
     for pid in $pids; do kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true; done
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
+    stop_redis
 }
 
-server_cpu() { "$PYTHON" "$CMP/proc.py" cpu "$SERVER_PID"; }
+# server_cpu: CPU seconds of the server's process tree (with --workers: supervisor, workers and
+# their store-writer children) plus its redis-server's; redis_cpu: the latter alone.
+server_cpu() { "$PYTHON" "$CMP/proc.py" cpu "$SERVER_PID${REDIS_PID:+,$REDIS_PID}"; }
+redis_cpu() { if [ -n "$REDIS_PID" ]; then "$PYTHON" "$CMP/proc.py" cpu "$REDIS_PID"; else echo na; fi; }
 
 # CPU seconds the whole machine has been busy (user, nice, system, irq, softirq, steal).
 busy_seconds() {
@@ -595,6 +692,7 @@ sweep_step() {
     local per_proc=$SWEEP_SIPP_RATE
     [ "$wl" = calls ] && per_proc=$SWEEP_CALLER_RATE
     local n=$(((rate + per_proc - 1) / per_proc))
+    [ "$n" -ge "$SWEEP_MIN_PROCS" ] || n=$SWEEP_MIN_PROCS
     local total=$((rate * SWEEP_DUR)) recv_s=$(((SWEEP_RECV_TIMEOUT_MS + 999) / 1000))
     local mode=u1 rtd=reg
     case "$wl" in reg_tcp) mode=t1 ;; calls) rtd=setup ;; esac
@@ -630,7 +728,7 @@ sweep_step() {
     fi
     local ports pids=() i share m
     read -r -a ports < <(free_ports "$n")
-    local scpu0; scpu0="$(server_cpu)"
+    local scpu0 rcpu0; scpu0="$(server_cpu)"; rcpu0="$(redis_cpu)"
     for i in $(seq "$n"); do
         share=$((rate / n)); [ "$i" = 1 ] && share=$((rate - (n - 1) * (rate / n)))
         m=$((share * SWEEP_DUR))
@@ -654,11 +752,11 @@ sweep_step() {
     done
     # steady state: from 0.5 s after the clients started to 0.5 s before they stop sending
     local sc sm mc oc
-    read -r sc sm mc oc < <("$PYTHON" "$CMP/proc.py" window 0.5 "$((SWEEP_DUR - 1))" "$SERVER_PID" \
+    read -r sc sm mc oc < <("$PYTHON" "$CMP/proc.py" window 0.5 "$((SWEEP_DUR - 1))" "$SERVER_PID${REDIS_PID:+,$REDIS_PID}" \
         "${pids[@]}" "${callee_pids[@]}")
     local rc=0
     for i in "${pids[@]}"; do wait "$i" || rc=$?; done
-    local scpu1; scpu1="$(server_cpu)"
+    local scpu1 rcpu1; scpu1="$(server_cpu)"; rcpu1="$(redis_cpu)"
     for i in "${callee_pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
     for i in "${callee_pids[@]}"; do wait "$i" 2>/dev/null || true; done
     stop_server
@@ -671,18 +769,20 @@ sweep_step() {
     read -r ok failed achieved p50 p99 pass reason < <("$PYTHON" "$CMP/proc.py" step "$rtd" "$rate" \
         "$((total))" "$SWEEP_P99_MS" "${files[@]}")
     local scpu; scpu="$(awk -v a="$scpu0" -v b="$scpu1" 'BEGIN { printf "%.2f", b - a }')"
+    local rcpu; rcpu="$(awk -v a="$rcpu0" -v b="$rcpu1" 'BEGIN { if (a == "na" || b == "na") print "na"; else printf "%.2f", b - a }')"
     local nproc_s="$n"
     if [ "$wl" = calls ]; then
         nproc_s="$n+$ncallee"
         [ "$registered" -ge $((CALLEES / ncallee * ncallee)) ] || reason+=",callees_registered=$registered"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$wl" "$srv" "$step" "$phase" "$rate" "$pass" "$ok" "$failed" "$achieved" "$p50" "$p99" \
-        "$scpu" "$nproc_s" "$sc" "$sm" "$mc" "$oc" "$reason" >> "$CAPACITY"
+        "$scpu" "$nproc_s" "$sc" "$sm" "$mc" "$oc" "$reason" "$rcpu" >> "$CAPACITY"
     STEP_BUSY="$(awk -v o="$oc" -v l="$SWEEP_BUSY_S" 'BEGIN { print (o > l) ? 1 : 0 }')"
-    printf '  %-8s %-9s step %2s %-6s %6s/s: %s  achieved %s/s failed %s p50/p99 %s/%s ms; cores: server %s, sipp max %s (x%s), machine %s; other_cpu_s %s%s\n' \
+    printf '  %-8s %-9s step %2s %-6s %6s/s: %s  achieved %s/s failed %s p50/p99 %s/%s ms; cores: server %s, sipp max %s (x%s), machine %s; other_cpu_s %s%s%s\n' \
         "$wl" "$srv" "$step" "$phase" "$rate" "$([ "$pass" = 1 ] && echo pass || echo "FAIL ($reason)")" \
         "$achieved" "$failed" "$p50" "$p99" "$sc" "$sm" "$nproc_s" "$mc" "$oc" \
+        "$([ "$rcpu" != na ] && echo "; redis_cpu_s $rcpu of server_cpu_s $scpu")" \
         "$([ "$STEP_BUSY" = 1 ] && echo " MACHINE_BUSY")"
     STEP_PASS="$pass"
     [ "$KEEP" = 1 ] || find "$dir" -name '*.csv' -size +1M -delete 2>/dev/null || true
@@ -732,6 +832,7 @@ echo "machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cp
 echo "versions: $("$KAMAILIO" -v 2>/dev/null | head -1 | sed 's/^version: //'); $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1); $("$PYTHON" -V 2>&1); trio $("$PYTHON" -c 'import trio; print(trio.__version__)')"
 [ "$FIXED" = 1 ] && echo "sizes: rounds=$ROUNDS REG_RATE=$REG_RATE REG_TCPN_RATE=$REG_TCPN_RATE REG_DUR=$REG_DUR CALL_RATE=$CALL_RATE CALL_DUR=$CALL_DUR CALLEES=$CALLEES FLOWS=$FLOWS KA_INTERVAL=$KA_INTERVAL KA_DUR=$KA_DUR FO_CLOSE=$FO_CLOSE FO_430=$FO_430"
 [ "$CAP" = 1 ] && echo "sweep: SWEEP_DUR=$SWEEP_DUR SWEEP_FACTOR=$SWEEP_FACTOR SWEEP_STEPS=$SWEEP_STEPS SWEEP_BISECT=$SWEEP_BISECT SWEEP_REG_START=$SWEEP_REG_START SWEEP_CALL_START=$SWEEP_CALL_START SWEEP_P99_MS=$SWEEP_P99_MS SWEEP_RECV_TIMEOUT_MS=$SWEEP_RECV_TIMEOUT_MS SWEEP_SIPP_RATE=$SWEEP_SIPP_RATE SWEEP_CALLER_RATE=$SWEEP_CALLER_RATE SWEEP_CALLEE_RATE=$SWEEP_CALLEE_RATE CALLEES=$CALLEES SIPP_LIMIT_CORES=$SIPP_LIMIT_CORES (fresh server per step)"
+[ "$WORKERS" -gt 1 ] && echo "sipserver: --workers $WORKERS, Redis $(redis-server --version | grep -o 'v=[^ ]*') on loopback (one per server start, AOF everysec), SWEEP_MIN_PROCS=$SWEEP_MIN_PROCS; its CPU = supervisor + workers + store writers + redis-server; keys suffixed $CAP_SUFFIX"
 echo "workloads:$SELECTED$([ "$FIXED" = 0 ] && echo ' (capacity sweeps only)')$([ "$CAP" = 0 ] && echo ' (no capacity sweeps)')"
 echo "work dir: $WORK"
 

@@ -5,16 +5,17 @@ Server-agnostic on purpose: the same code reads sipserver (one process) and Kama
 process and its forked workers), so a figure means the same thing for both.
 
   proc.py tree ROOTPID            pids of ROOTPID and all its descendants, one line
-  proc.py cpu ROOTPID             user+system CPU seconds of that process tree so far
+  proc.py cpu ROOTPID[,PID..]     user+system CPU seconds of that process tree (trees) so far
   proc.py mem ROOTPID             "rss_bytes pss_bytes" summed over that tree
   proc.py sipp STATCSV RTTCSV RTD "sent ok failed per_s p50_ms p99_ms" from sipp's -trace_stat
                                   and -trace_rtt files (per_s = ok / first-to-last response)
   proc.py busy SECONDS            cores the whole machine kept busy over SECONDS (the larger of
                                   the per-process sum and /proc/stat's tick-sampled busy time)
-  proc.py window DELAY LENGTH SERVERPID CLIENTPID...
+  proc.py window DELAY LENGTH SERVERPID[,PID..] CLIENTPID...
                                   sleep DELAY, then over LENGTH seconds: "server_cores
                                   sipp_cores_max machine_cores other_cpu_s" (a capacity step's
-                                  steady state: the server, the busiest client, the machine)
+                                  steady state: the server, the busiest client, the machine;
+                                  several server pids (sipserver's supervisor, its Redis) add up)
   proc.py step RTD OFFERED TOTAL P99_MS STATCSV RTTCSV [STATCSV RTTCSV..]
                                   one capacity-sweep step, over all its sipp processes:
                                   "ok failed achieved_per_s p50_ms p99_ms pass reason"
@@ -205,20 +206,21 @@ def _sample(pids: list[int]) -> tuple[float, dict[tuple[int, int], int], float, 
     )
 
 
-def window(delay: float, length: float, server: int, clients: list[int]) -> str:
+def window(delay: float, length: float, servers: list[int], clients: list[int]) -> str:
     """Sleep DELAY, sample, sleep LENGTH, sample: "server_cores sipp_cores_max machine_cores
-    other_cpu_s" over that window (other = machine CPU used by neither the server nor the
-    clients)."""
+    other_cpu_s" over that window (server = the sum over the SERVERS process trees; other =
+    machine CPU used by neither the server nor the clients)."""
+    ns = len(servers)
     time.sleep(delay)
-    t0, a0, b0, c0 = _sample([server] + clients)
+    t0, a0, b0, c0 = _sample(servers + clients)
     time.sleep(length)
-    t1, a1, b1, c1 = _sample([server] + clients)
+    t1, a1, b1, c1 = _sample(servers + clients)
     w = max(t1 - t0, 1e-9)
     d = [max(0.0, y - x) for x, y in zip(c0, c1, strict=True)]
-    sipp_max = max((x / w for x in d[1:]), default=0.0)
+    sipp_max = max((x / w for x in d[ns:]), default=0.0)
     machine = machine_cpu(a0, b0, a1, b1)
     other = max(0.0, machine - sum(d))
-    return f"{d[0] / w:.2f} {sipp_max:.2f} {machine / w:.2f} {other:.2f}"
+    return f"{sum(d[:ns]) / w:.2f} {sipp_max:.2f} {machine / w:.2f} {other:.2f}"
 
 
 def step_summary(rtd: str, offered: float, total: int, p99_limit: float, files: list[str]) -> str:
@@ -405,6 +407,8 @@ CAP_COLS = (
     "workload server step phase rate pass ok failed achieved p50 p99 server_cpu_s "
     "sipp_procs server_cores sipp_cores_max machine_cores other_cpu_s reason"
 ).split()
+# optional after them: redis_cpu_s (compare.sh --workers N: the part of server_cpu_s that was
+# the server's redis-server; "na" or absent otherwise)
 CAP_UNITS = {"reg_udp": "REGISTER/s", "reg_tcp": "REGISTER/s", "calls": "calls/s"}
 
 
@@ -427,6 +431,8 @@ def report_capacity(capacity_tsv: str) -> tuple[list[str], bool]:
     servers' sweeps ran and passed (the x1.5 grid is the same for both), so both did the same
     work at the same offered rate."""
     sipp_limit = float(os.environ.get("SIPP_LIMIT_CORES", "0.85"))
+    # compare.sh --workers N: "_wN", put after each key's measure (reg_udp_capacity_w2_ratio)
+    sfx = os.environ.get("CAP_SUFFIX", "")
     busy_limit = float(os.environ.get("SWEEP_BUSY_S", "1"))
     ncpu = os.cpu_count() or 1
     steps: dict[tuple[str, str], list[dict[str, str]]] = {}
@@ -435,6 +441,7 @@ def report_capacity(capacity_tsv: str) -> tuple[list[str], bool]:
         if len(parts) < len(CAP_COLS):
             continue
         row = dict(zip(CAP_COLS, parts[: len(CAP_COLS)], strict=True))
+        row["redis_cpu_s"] = parts[len(CAP_COLS)] if len(parts) > len(CAP_COLS) else "na"
         steps.setdefault((row["workload"], row["server"]), []).append(row)
 
     def f(row: dict[str, str], key: str) -> float:
@@ -482,8 +489,11 @@ def report_capacity(capacity_tsv: str) -> tuple[list[str], bool]:
         pa: float | None = None
         pb: float | None = None
         per_ratio: float | None = None
+        redis_share: float | None = None
         if a and b and per_rate is not None:
             ra, rb = a.good[per_rate], b.good[per_rate]
+            if _num(ra["redis_cpu_s"]) is not None and f(ra, "server_cpu_s") > 0:
+                redis_share = f(ra, "redis_cpu_s") / f(ra, "server_cpu_s")
             pa = f(ra, "ok") / f(ra, "server_cpu_s") if f(ra, "server_cpu_s") > 0 else None
             pb = f(rb, "ok") / f(rb, "server_cpu_s") if f(rb, "server_cpu_s") > 0 else None
             per_ratio = pa / pb if (pa is not None and pb) else None
@@ -504,15 +514,17 @@ def report_capacity(capacity_tsv: str) -> tuple[list[str], bool]:
             f"{'; '.join(limits)}"
         )
         keys += [
-            f"{wl}_capacity_sipserver={_fmt(ca)}",
-            f"{wl}_capacity_kamailio={_fmt(cb)}",
-            f"{wl}_capacity_ratio={_fmt(ratio, -1)}",
-            f"{wl}_per_cpu_s_sipserver={_fmt(pa)}",
-            f"{wl}_per_cpu_s_kamailio={_fmt(pb)}",
-            f"{wl}_per_cpu_s_ratio={_fmt(per_ratio, -1)}",
-            f"{wl}_per_cpu_s_rate={_fmt(per_rate)}",
-            f"{wl}_sipp_limited={1 if sipp_limited else 0}",
+            f"{wl}_capacity{sfx}_sipserver={_fmt(ca)}",
+            f"{wl}_capacity{sfx}_kamailio={_fmt(cb)}",
+            f"{wl}_capacity{sfx}_ratio={_fmt(ratio, -1)}",
+            f"{wl}_per_cpu_s{sfx}_sipserver={_fmt(pa)}",
+            f"{wl}_per_cpu_s{sfx}_kamailio={_fmt(pb)}",
+            f"{wl}_per_cpu_s{sfx}_ratio={_fmt(per_ratio, -1)}",
+            f"{wl}_per_cpu_s{sfx}_rate={_fmt(per_rate)}",
+            f"{wl}_sipp_limited{sfx}={1 if sipp_limited else 0}",
         ]
+        if redis_share is not None:
+            keys.append(f"{wl}_redis_cpu_share{sfx}={_fmt(redis_share, -1)}")
         for srv, x in (("sipserver", a), ("kamailio", b)):
             if not x:
                 continue
@@ -526,6 +538,7 @@ def report_capacity(capacity_tsv: str) -> tuple[list[str], bool]:
                     f"p99_ms={r['p99']} server_cpu_s={r['server_cpu_s']} cores: server="
                     f"{r['server_cores']} sipp_max={r['sipp_cores_max']}x{r['sipp_procs']} "
                     f"machine={r['machine_cores']}/{ncpu} other_cpu_s={other:.2f}"
+                    f"{'' if r['redis_cpu_s'] == 'na' else ' redis_cpu_s=' + r['redis_cpu_s']}"
                     f"{' MACHINE_BUSY' if other > busy_limit else ''}"
                 )
     print()
@@ -553,7 +566,7 @@ def main(argv: list[str]) -> int:
     if cmd == "tree":
         print(" ".join(str(p) for p in tree(int(argv[2]))))
     elif cmd == "cpu":
-        print(f"{cpu_seconds(int(argv[2])):.2f}")
+        print(f"{sum(cpu_seconds(int(p)) for p in argv[2].split(',') if p):.2f}")
     elif cmd == "mem":
         rss, pss = memory(int(argv[2]))
         print(rss, pss)
@@ -564,7 +577,8 @@ def main(argv: list[str]) -> int:
     elif cmd == "busy":
         print(f"{busy_cores(float(argv[2])):.2f}")
     elif cmd == "window" and len(argv) >= 5:
-        print(window(float(argv[2]), float(argv[3]), int(argv[4]), [int(x) for x in argv[5:]]))
+        servers = [int(p) for p in argv[4].split(",") if p]
+        print(window(float(argv[2]), float(argv[3]), servers, [int(x) for x in argv[5:]]))
     elif cmd == "step" and len(argv) >= 8 and len(argv) % 2 == 0:
         print(step_summary(argv[2], float(argv[3]), int(argv[4]), float(argv[5]), argv[6:]))
     else:
