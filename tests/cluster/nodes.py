@@ -233,14 +233,31 @@ class Cluster:
                     f"nodes {[n.node_id for n in waiting]} not ready after {START_TIMEOUT} s\n{self.logs()}"
                 )
             time.sleep(0.05)
-        # Each node knows the others through their heartbeat keys; wait (briefly) until all are
-        # there, so a test's first cross-node request does not race the first heartbeat. A server
-        # without heartbeats does not fail here: the tests then show what it does on the wire.
-        deadline = time.monotonic() + 2 * HEARTBEAT_TTL
+        self.wait_peers()
+
+    def wait_peers(self, timeout: float = 3.0) -> bool:
+        """Wait until every running node sees every other running node alive (``GET /cluster``),
+        as a deployment would before taking calls: a node learns its peers from their heartbeat
+        keys, polled every heartbeat interval, so for the first interval after start-up it does
+        not know where the others are. Falls back to the heartbeat keys in Redis when a node has
+        no ``/cluster``. Returns False on timeout, without failing: the tests then show what
+        the servers do on the wire."""
+        running = [n for n in self.nodes.values() if n.running()]
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(self.heartbeat(n) is not None for n in self.nodes):
-                break
-            time.sleep(0.05)
+            if all(self._sees_peers(n, running) for n in running):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def _sees_peers(self, node: Node, running: list[Node]) -> bool:
+        want = {n.node_id for n in running} - {node.node_id}
+        try:
+            status = node.mgmt().json("GET", "/cluster")
+        except CtlError:
+            return all(self.heartbeat(n) is not None for n in want)
+        alive = {n["node"] for n in status.get("nodes", []) if n.get("alive") and not n.get("self")}
+        return want <= alive
 
     def stop(self) -> None:
         for node in self.nodes.values():
