@@ -48,6 +48,7 @@ from .registrar import (
     survives_restart,
 )
 from .registrar import RemovalCause as StoreRemoval
+from .shedding import shed_early
 from .sip import ParseError, Request, Response, make_response, parse_message
 from .sip.build import phrase_with_detail
 from .sip.framer import FramingError
@@ -281,6 +282,8 @@ class Server:
             self.tracer.incoming(flow, data)
         if data.startswith(b"SIP/2.0 ") and self.nat_keeper.pong(data):
             return  # issue 17: a keepalive answered, taken without parsing (NatKeeper.pong)
+        if self.shedder.limit > 0 and await shed_early(self, flow, data):
+            return  # issue 19: overloaded, a new request answered 503 from its bytes
         start = time.perf_counter()  # processing cost, not protocol time: not the Clock
         try:
             await self._on_message(flow, data)
@@ -403,7 +406,7 @@ class Server:
         """The overload signal (issue 19): the longer of the UDP socket queue's delay (kernel
         receive timestamps; on one event loop it stands for every transport) and the age of
         the oldest REGISTER reply held for the group commit."""
-        return max(self.flows.udp_queue_delay, self.commit.age(now))
+        return max(self.flows.udp_queue_delay, self.flows.stream_queue_delay, self.commit.age(now))
 
     async def _on_cancel(self, req: Request, flow: Flow) -> None:
         """RFC 3261 §16.10: answer 200 hop by hop, cancel the pending branches."""

@@ -75,11 +75,13 @@ server_cmd() {
     fi
 }
 
+# exec: started with & it runs in a subshell, which it replaces, so $! is the server's own pid
+# (without it the cleanup killed only the subshell and left the server running, issue 19).
 run_sipserver() {
     if command -v sipserver >/dev/null 2>&1; then
-        sipserver "$@"
+        exec sipserver "$@"
     else
-        "$PYTHON" -m sipserver "$@"
+        exec "$PYTHON" -m sipserver "$@"
     fi
 }
 

@@ -154,6 +154,9 @@ class FlowTable:
         # receive timestamp; 0 when the queue was found empty or on systems without it): the
         # runtime's overload signal.
         self.udp_queue_delay = 0.0
+        # The same for the bytes last read from a TCP connection (the kernel stamps the last
+        # segment of each read; 0 when that connection's buffer was found empty): issue 19.
+        self.stream_queue_delay = 0.0
 
     # -- queries -------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from sipserver.sip.framer import (
 from .connection import Connection, deliver, logger, recv_nowait
 from .errors import FlowGone, TransportFailure
 from .sink import MessageSink
+from .udp import _ANC_SIZE, _SO_TIMESTAMPNS, _TIMESPEC
 
 if TYPE_CHECKING:
     from .flows import FlowTable
@@ -183,6 +185,26 @@ def _set_nodelay(sock: trio.socket.SocketType) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass
+    if _SO_TIMESTAMPNS is not None and _ANC_SIZE:
+        try:  # Linux: reads carry the kernel receive time of their last segment (issue 19)
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass
+
+
+def _recv_stamped(raw: socket.socket, table: FlowTable) -> bytes | None:
+    """``recv_nowait`` that also sets ``table.stream_queue_delay``: how long the last segment
+    of what was read waited in the kernel (the TCP overload signal; a busy event loop leaves its
+    backlog in the connection's socket buffer, where nothing else sees it)."""
+    try:
+        data, ancillary, _flags, _addr = raw.recvmsg(_RECV_SIZE, _ANC_SIZE)
+    except (BlockingIOError, InterruptedError):
+        table.stream_queue_delay = 0.0
+        return None
+    if ancillary and data:
+        sec, nsec = _TIMESPEC.unpack(ancillary[0][2][: _TIMESPEC.size])
+        table.stream_queue_delay = max(0.0, time.time() - sec - nsec * 1e-9)
+    return data
 
 
 async def handle_accepted_stream(
@@ -333,6 +355,7 @@ async def _read_loop(
     # socket-wrapper coroutines (about 2 KB a flow, docs/performance.md).
     raw = conn._raw if type(conn) is TcpConnection else None
     receive = conn.receiver() if raw is None else None
+    stamped = raw is not None and _ANC_SIZE > 0 and _SO_TIMESTAMPNS is not None
     reads = 0
     partial_timeout = table.limits.partial_message_timeout
     started = 0.0  # when the incomplete message at the end of the buffer began (0: none)
@@ -343,7 +366,7 @@ async def _read_loop(
             if reads >= _READS_PER_YIELD:
                 reads = 0
                 await trio.lowlevel.checkpoint()
-            data = recv_nowait(raw, _RECV_SIZE)
+            data = _recv_stamped(raw, table) if stamped else recv_nowait(raw, _RECV_SIZE)
             if data is None:
                 if started:
                     with trio.move_on_at(started + partial_timeout) as scope:

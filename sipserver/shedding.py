@@ -1,0 +1,50 @@
+"""The runtime's side of cheap shedding (issue 19): the Shedder's decision, the byte-level 503
+of ``shed.early_503`` and its sending, before a message is parsed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .overload import Shedder
+from .shed import early_503
+from .transport.errors import FlowGone
+
+__all__ = ["shed_early"]
+
+
+async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
+    """The runtime's cheap path (issue 19): while shedding, answer a new out-of-dialog request
+    503 from its bytes (``shed.early_503``) and report it handled; False: handle it fully.
+
+    The Shedder's state advances here for every message, so it also stops shedding on time."""
+    shedder: Shedder = server.shedder
+    now = server.clock.now()
+    shedder.verdict = None
+    if not shedder.update(server._queue_delay(now), now):
+        shedder.verdict = False  # (the runtime's own check then needs no second look)
+        return False
+    servers = server.transactions._servers  # the §17.2.3 key table, read-only here
+    resp = early_503(
+        data, flow.remote, server.cfg.limits.overload_retry_after,
+        lambda key: key in servers, (server.cfg.server.server_header or "").encode(),
+    )
+    if resp is None:
+        return False  # not a new request, or unsure: the runtime's check decides if it is
+    if not shedder.take():
+        shedder.verdict = False  # admitted: handled in full, not shed again by the runtime
+        return False
+    server.count("overload_rejected")
+    server.count("overload_rejected_early")
+    server._overload_log.warning(
+        "overload: requests waited %.0f ms in the socket queues (UDP, TCP) and replies %.0f ms "
+        "for the location store (limits.overload_queue_delay = %.0f ms); answering new requests "
+        "503 until they drain",
+        max(server.flows.udp_queue_delay, server.flows.stream_queue_delay) * 1000,
+        server.commit.age(now) * 1000, shedder.limit * 1000,
+    )
+    try:
+        await server.flows.send(flow, resp)
+    except FlowGone:
+        pass
+    server.metrics.response_sent(503)
+    return True

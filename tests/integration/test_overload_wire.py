@@ -1,0 +1,94 @@
+"""Overload control on the wire (issue 19): while the Shedder says overloaded, new out-of-dialog
+requests on UDP and TCP are answered 503 + Retry-After from their bytes, before any transaction
+or registrar work; in-dialog requests, ACK, CANCEL and retransmissions of accepted requests
+still take the full path; and a TCP connection whose bytes waited in the kernel overloads the
+server (kernel receive timestamps on TCP, Linux)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from harness import TcpUA, UdpUA, addr, register, request, running_server
+
+from sipserver.sip import parse_message
+
+pytestmark = pytest.mark.trio
+
+
+def _overloaded(server: object, on: bool) -> None:
+    """A fake signal: the queues look 1 s deep (or empty)."""
+    server._queue_delay = lambda now: 1.0 if on else 0.0  # type: ignore[attr-defined]
+    server.shedder.shedding = on  # type: ignore[attr-defined]
+
+
+async def test_new_requests_get_503_from_bytes_in_dialog_ones_pass(tmp_path: Path) -> None:
+    limits = {"overload_queue_delay": 0.1, "overload_retry_after": 9}
+    async with running_server(tmp_path, listen=["udp:127.0.0.1:0", "tcp:127.0.0.1:0"], limits=limits) as server:
+        u = await UdpUA.open(addr(server, "udp"))
+        t = await TcpUA.open(addr(server, "tcp"))
+        _overloaded(server, True)
+        for ua in (u, t):
+            req = register(ua, "alice")
+            await ua.send(req)
+            resp = await ua.recv_response()
+            sent = parse_message(req.encode())
+            assert resp.status == 503 and resp.header("retry-after") == "9"
+            assert resp.call_id == sent.call_id and resp.to_tag  # RFC 3261 §8.2.6.2
+            assert resp.top_via.branch == sent.top_via.branch
+        assert server.stats.get("overload_rejected_early") == 2
+        assert server.store.lookup("alice@example.com", time.time()) == []
+        assert len(server.transactions) == 0  # no transaction work for a shed request
+
+        # In-dialog (a To tag): never shed; the full path answers (here: no such dialog).
+        bye = request(u, "BYE", "sip:bob@example.com", to_tag="abc", call_id="c-1")
+        await u.send(bye)
+        assert (await u.recv_response()).status != 503
+        # A new INVITE is shed too.
+        inv = request(t, "INVITE", "sip:bob@example.com")
+        await t.send(inv)
+        assert (await t.recv_response()).status == 503
+
+        _overloaded(server, False)  # the queues drained: handled as usual
+        await u.send(register(u, "alice"))
+        assert (await u.recv_response()).status == 200
+        await u.close()
+        await t.close()
+
+
+async def test_retransmission_of_accepted_request_gets_its_answer(tmp_path: Path) -> None:
+    async with running_server(tmp_path, listen=["udp:127.0.0.1:0"]) as server:
+        u = await UdpUA.open(addr(server, "udp"))
+        req = register(u, "carol")
+        await u.send(req)
+        assert (await u.recv_response()).status == 200
+        _overloaded(server, True)
+        await u.send(req)  # the same branch: its transaction (Timer J) answers, not a 503
+        assert (await u.recv_response()).status == 200
+        await u.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP receive timestamps: Linux")
+async def test_tcp_bytes_that_waited_too_long_shed_new_requests(tmp_path: Path) -> None:
+    """The TCP signal: a connection whose bytes sat in the kernel longer than the limit, twice
+    in a row, makes the server shed the next new request; the first stall alone sheds nothing."""
+    limits = {"overload_queue_delay": 0.1}
+    async with running_server(tmp_path, listen=["tcp:127.0.0.1:0"], limits=limits) as server:
+        t = await TcpUA.open(addr(server, "tcp"))
+        await t.send(register(t, "dave"))
+        assert (await t.recv_response()).status == 200
+        await trio.sleep(0.2)
+        for user, status in (("erin", 200), ("frank", 503)):
+            # Sent without yielding to trio, then the event loop is stuck: the bytes wait in
+            # the connection's socket buffer.
+            with socket.socket(fileno=os.dup(t.stream.socket.fileno())) as same:
+                same.sendall(register(t, user).encode())
+            time.sleep(0.3)
+            assert (await t.recv_response()).status == status
+        assert server.flows.stream_queue_delay == 0.0  # read to empty since
+        await t.close()
