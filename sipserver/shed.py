@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["early_503"]
+__all__ = ["SHED_TAG", "early_503", "acks_shed_503"]
+
+#: The To tag of every byte-level 503 starts with this: its ACK is recognised and dropped.
+SHED_TAG = b"503shed"
 
 # RFC 3261 §7.3.3 compact forms: v Via, f From, t To, i Call-ID.
 _WANTED = {
@@ -122,7 +125,7 @@ def early_503(
     out.extend(b"Via: " + v for v in vias[1:])
     to = found[b"To"]
     out.append(b"From: " + found[b"From"])
-    out.append(b"To: " + to + b";tag=ovl" + str(abs(hash(found[b"Call-ID"])) % 10**8).encode())
+    out.append(b"To: " + to + b";tag=" + SHED_TAG + str(abs(hash(found[b"Call-ID"])) % 10**8).encode())
     out.append(b"Call-ID: " + found[b"Call-ID"])
     out.append(b"CSeq: " + found[b"CSeq"])
     out.append(b"Retry-After: %d" % retry_after)
@@ -130,3 +133,9 @@ def early_503(
         out.append(b"Server: " + server)
     out.append(b"Content-Length: 0")
     return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+def acks_shed_503(data: bytes) -> bool:
+    """An ACK of a byte-level 503 (RFC 3261 §17.1.1.3: hop by hop, it ends with us): nothing to
+    forward or match, so it is dropped unparsed."""
+    return data.startswith(b"ACK ") and b";tag=" + SHED_TAG in data

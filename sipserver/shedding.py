@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .overload import Shedder
-from .shed import early_503
+from .shed import acks_shed_503, early_503
 from .transport.errors import FlowGone
 
 __all__ = ["shed_early"]
@@ -17,6 +17,8 @@ async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
     503 from its bytes (``shed.early_503``) and report it handled; False: handle it fully.
 
     The Shedder's state advances here for every message, so it also stops shedding on time."""
+    if acks_shed_503(data):
+        return True
     shedder: Shedder = server.shedder
     now = server.clock.now()
     shedder.verdict = None

@@ -3,7 +3,7 @@ and everything it leaves to the full path."""
 
 from __future__ import annotations
 
-from sipserver.shed import early_503
+from sipserver.shed import acks_shed_503, early_503
 from sipserver.sip import Response, parse_message
 
 REG = (
@@ -54,3 +54,13 @@ def test_garbage_never_raises() -> None:
     for cut in range(len(REG)):
         early_503(REG[:cut] + b"\r\n\r\n", SRC, 5, _never)
         early_503(REG[cut:], SRC, 5, _never)
+
+
+def test_the_ack_of_a_shed_503_is_recognised() -> None:
+    out = early_503(REG.replace(b"REGISTER", b"INVITE"), SRC, 5, _never)
+    assert out is not None
+    to = next(line for line in out.split(b"\r\n") if line.startswith(b"To: "))
+    ack = b"ACK sip:example.com SIP/2.0\r\n" + to + b"\r\nCSeq: 7 ACK\r\n\r\n"
+    assert acks_shed_503(ack)
+    assert not acks_shed_503(ack.replace(b"503shed", b"abc"))
+    assert not acks_shed_503(b"BYE" + ack[3:])
