@@ -267,6 +267,7 @@ def _add_ctl(sub: Any) -> None:
     add("flows", "list live flows (connections, UDP peers)")
     add("transactions", "count and list transactions in flight")
     add("media", "list calls anchored through rtpengine (issue 18)")
+    add("cluster", "the cluster's nodes, their liveness and bindings per node (issue 20)")
     add("unregister", "remove every binding of an address of record").add_argument(
         "aor", metavar="AOR", help="user@host"
     )
@@ -306,7 +307,7 @@ def _cmd_ctl(args: argparse.Namespace) -> int:
     if not args.ctl_command:
         print(
             f"{PROG} ctl: a command is required (info, stats, registrations, flows, "
-            "transactions, media, unregister, close-flow, reload, trace, metrics)",
+            "transactions, media, cluster, unregister, close-flow, reload, trace, metrics)",
             file=sys.stderr,
         )
         return 2

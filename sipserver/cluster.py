@@ -39,7 +39,7 @@ import attrs
 import redis
 import trio
 
-from .outbound.flowtoken import InvalidToken
+from .outbound.flowtoken import InvalidToken, token_node
 from .registrar import Change, Delete, Put
 from .registrar import RemovalCause as StoreRemoval
 from .registrar.binding import Binding, BindingKey
@@ -354,12 +354,17 @@ class Cluster:
         self.changes_applied += len(changes)
 
     # ------------------------------------------------------------------ status
-    def status(self) -> dict[str, Any]:
-        """``GET /cluster`` and ``sipserver ctl cluster``."""
+    def binding_counts(self) -> dict[str, int]:
+        """Bindings of the local view per node holding their flow ("-": none of the cluster's)."""
         counts: dict[str, int] = {}
         for b in self.server.store.all():
-            node = self.node_of(b) or "-"
+            node = (token_node(b.flow_token) if b.flow_token else "") or "-"
             counts[node] = counts.get(node, 0) + 1
+        return counts
+
+    def status(self) -> dict[str, Any]:
+        """``GET /cluster`` and ``sipserver ctl cluster``."""
+        counts = self.binding_counts()
         nodes = [{"node": self.node_id, "address": self.address, "alive": True, "self": True, "pid": os.getpid(),
                   "bindings": counts.get(self.node_id, 0)}]
         for node, info in sorted(self.peers.items()):

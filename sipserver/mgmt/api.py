@@ -11,6 +11,7 @@ Endpoints (all JSON unless noted; errors are ``{"error": "..."}`` with a 4xx/5xx
     POST /flows/close?id=ID         (or JSON body {"id": ID})
     GET  /transactions[?limit=N]    count and a brief list
     GET  /media                     calls anchored through rtpengine (issue 18)
+    GET  /cluster                   the cluster's nodes, liveness, bindings per node (issue 20)
     GET  /metrics                   Prometheus text format 0.0.4
     POST /credentials/reload        re-read auth.credentials_file
     GET  /trace, POST /trace        {"source": IP|null, "aor": AOR|null, "enabled": bool}
@@ -80,6 +81,7 @@ class ManagementApi:
             "/flows/close": {"POST": self.close_flow},
             "/transactions": {"GET": self.transactions},
             "/media": {"GET": self.media},
+            "/cluster": {"GET": self.cluster},
             "/metrics": {"GET": self.metrics},
             "/credentials/reload": {"POST": self.reload},
             "/trace": {"GET": self.trace_state, "POST": self.trace},
@@ -270,6 +272,13 @@ class ManagementApi:
                 }
             )
         return json_response({"count": len(s.transactions), "transactions": out})
+
+    async def cluster(self, req: HttpRequest) -> HttpResponse:
+        """Issue 20: this node, the others it sees alive or found dead, bindings per node."""
+        cluster = getattr(self.server, "cluster", None)
+        if cluster is None:
+            return json_response({"enabled": False, "nodes": []})
+        return json_response({"enabled": True} | cluster.status())
 
     async def media(self, req: HttpRequest) -> HttpResponse:
         """Issue 18: the calls media anchoring keeps, and the rtpengines configured."""

@@ -243,6 +243,24 @@ def _media(client: MgmtClient, args: Any, as_json: bool) -> None:
         _print(format_table(["CALL-ID", "CALLER", "MEDIA", "STATE", "BRANCHES", "LATE-OFFER", "RTPENGINE", "AGE"], rows))
 
 
+def _cluster(client: MgmtClient, args: Any, as_json: bool) -> None:
+    """Issue 20: the nodes of the cluster as this node sees them."""
+    data = client.json("GET", "/cluster")
+    if as_json:
+        _print(json.dumps(data, indent=1))
+        return
+    if not data["enabled"]:
+        _print("this server is not a cluster node (no [cluster] node_id configured)")
+        return
+    _print(f"node {data['node']}; Redis {data['redis']}; {data['unowned_bindings']} bindings held by no node")
+    rows = [
+        [n["node"] + (" (this node)" if n["self"] else ""), "alive" if n["alive"] else "dead", n["address"] or "-",
+         n.get("pid") or "-", n["bindings"]]
+        for n in data["nodes"]
+    ]
+    _print(format_table(["NODE", "STATE", "ADDRESS", "PID", "BINDINGS"], rows))
+
+
 def _info(client: MgmtClient, args: Any, as_json: bool) -> None:
     data = client.json("GET", "/info")
     if as_json:
@@ -347,6 +365,7 @@ COMMANDS = {
     "flows": _flows,
     "transactions": _transactions,
     "media": _media,
+    "cluster": _cluster,
     "unregister": _unregister,
     "close-flow": _close_flow,
     "reload": _reload,

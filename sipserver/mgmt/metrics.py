@@ -218,6 +218,25 @@ def histogram_samples(h: Histogram, labels: Labels = ()) -> tuple[Sample, ...]:
     return tuple(out)
 
 
+def _cluster_families(cluster: Any) -> list[Family]:
+    counts = cluster.binding_counts()
+    nodes = [cluster.node_id, *cluster.peers, *cluster.dead]
+    return [
+        _gauge("sipserver_cluster_node_info", "This node's name in the cluster (value 1).",
+               [Sample((("node", cluster.node_id),), 1)]),
+        _gauge("sipserver_cluster_nodes", "Nodes of the cluster as this node sees them, by state.",
+               [Sample((("state", "alive"),), 1 + len(cluster.peers)), Sample((("state", "dead"),), len(cluster.dead))]),
+        _gauge("sipserver_cluster_bindings", "Bindings in this node's local view, by the node holding their flow.",
+               [Sample((("node", n),), counts.get(n, 0)) for n in nodes]),
+        _counter("sipserver_cluster_changes_applied_total", "Binding changes of other nodes applied to the local view.",
+                 [Sample((), cluster.changes_applied)]),
+        _counter("sipserver_cluster_bindings_removed_total", "Bindings removed because the node holding their flow died.",
+                 [Sample((), cluster.bindings_removed)]),
+        _gauge("sipserver_cluster_redis_up", "1 while this node's heartbeat reaches Redis.",
+               [Sample((), 1 if cluster.redis_ok else 0)]),
+    ]
+
+
 def _counter(name: str, help_text: str, samples: Iterable[Sample]) -> Family:
     return Family(name, "counter", help_text, tuple(samples))
 
@@ -364,6 +383,9 @@ def collect(server: Any, now: float) -> list[Family]:
             histogram_samples(m.loop_lag),
         )
     )
+    cluster = getattr(server, "cluster", None)
+    if cluster is not None:  # issue 20: this node and what it sees of the others
+        fams.extend(_cluster_families(cluster))
     media = getattr(server, "media", None)
     if media is not None:  # issue 18: anchored calls, ng round trips and errors
         for name, kind, help_text, rows in media.metrics.rows(active=media.sessions.active):

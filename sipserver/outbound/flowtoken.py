@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from sipserver.outbound.flow import Flow, Transport
 
-__all__ = ["FlowTokenCodec", "ForeignToken", "InvalidToken"]
+__all__ = ["FlowTokenCodec", "ForeignToken", "InvalidToken", "token_node"]
 
 MIN_KEY_BYTES = 16
 MAC_BYTES = 12
@@ -212,6 +212,19 @@ def _parse_body(body: bytes) -> tuple[Flow, str]:
         remote=(_unpack_host(rip), rport),
         serial=serial,
     ), node.decode("ascii")
+
+
+def token_node(token: str) -> str:
+    """The node a token names, read WITHOUT checking its MAC: for counting and display only
+    (``ctl cluster``), never for a routing or trust decision. "" when it names none."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return ""
+    body = raw[MAC_BYTES:]
+    if len(body) < 2 or body[0] >> 4 != NODE_VERSION or body[1] not in _LAYOUT:
+        return ""
+    return body[_LAYOUT[body[1]].size:].decode("ascii", "replace")
 
 
 def _keyed_context(key: bytes) -> crypto_hmac.HMAC:
