@@ -119,6 +119,7 @@ class Cluster:
         self.nodes_removed = 0
         self.bindings_removed = 0
         self._redis: redis.Redis | None = None
+        self._wake = trio.Event()  # set when a batch names a node not yet known: poll the peers now
 
     def _client(self) -> redis.Redis:
         if self._redis is None:
@@ -180,9 +181,16 @@ class Cluster:
             task_status.started()
 
     async def _heartbeat_loop(self) -> None:
+        next_beat = trio.current_time() + self.interval
         while True:
-            await trio.sleep(self.interval)
-            await self._beat()
+            with trio.move_on_at(next_beat):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if trio.current_time() >= next_beat:
+                next_beat = trio.current_time() + self.interval
+                await self._beat()
+            # A node that started after this one is learnt here; a batch from it wakes the loop
+            # at once so that its phones are not answered 480 until the next heartbeat.
             await self._poll()
 
     async def _beat(self) -> None:
@@ -337,8 +345,11 @@ class Cluster:
         """One batch another node wrote: into the local view (not written back)."""
         try:
             msg = json.loads(data)
-            if msg.get("node") == self.node_id:
+            sender = msg.get("node")
+            if sender == self.node_id:
                 return
+            if sender and sender not in self.peers:
+                self._wake.set()
             now = self.server.clock.wall()
             changes: list[Change] = []
             for text, record in msg.get("put", ()):

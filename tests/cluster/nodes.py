@@ -81,7 +81,8 @@ def tail(path: Path, chars: int = 6000) -> str:
 class Node:
     """One ``sipserver run`` process, a node of the cluster."""
 
-    def __init__(self, node_id: str, directory: Path, redis_url: str, prefix: str, secret: str) -> None:
+    def __init__(self, node_id: str, directory: Path, redis_url: str, prefix: str, secret: str, *,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, heartbeat_ttl: float = HEARTBEAT_TTL) -> None:
         self.node_id = node_id
         self.dir = directory
         self.udp_port, self.tcp_port, self.ws_port, self.mgmt_port = (free_port() for _ in range(4))
@@ -106,8 +107,8 @@ secret = "{secret}"
 
 [cluster]
 node_id = "{node_id}"
-heartbeat_interval = {HEARTBEAT_INTERVAL}
-heartbeat_ttl = {HEARTBEAT_TTL}
+heartbeat_interval = {heartbeat_interval}
+heartbeat_ttl = {heartbeat_ttl}
 
 [mgmt]
 listen = "127.0.0.1:{self.mgmt_port}"
