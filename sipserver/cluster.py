@@ -115,6 +115,8 @@ class Cluster:
         self.missing: dict[str, float] = {}  # node named by bindings, no heartbeat seen, since
         self._next_sweep = 0.0
         self.redis_ok = True
+        self._redis_lost = False  # a heartbeat or a poll failed since the last good poll
+        self._deaths_after = 0.0  # no death is declared before this (wall clock): see _poll
         self.changes_applied = 0
         self.nodes_removed = 0
         self.bindings_removed = 0
@@ -204,6 +206,7 @@ class Cluster:
                 log.error("cluster: cannot refresh this node's heartbeat in Redis (%s); the other nodes "
                           "will hold it dead after %gs", err, self.ttl)
             self.redis_ok = False
+            self._redis_lost = True
             return
         if not self.redis_ok:
             log.warning("cluster: Redis answers again; heartbeat refreshed")
@@ -230,20 +233,35 @@ class Cluster:
         try:
             nodes = await trio.to_thread.run_sync(self._read_nodes, abandon_on_cancel=True)
         except redis.RedisError:
+            self._redis_lost = True
             return  # no news is no death: keep routing on what is known (logged by _beat)
+        now = time.time()
+        if self._redis_lost:
+            # Redis was away. Heartbeat keys that expired meanwhile (AOF keeps absolute expiry
+            # times) say nothing about the nodes: each gets a whole TTL to write its key again
+            # before it is held dead, and meanwhile stays routable.
+            self._redis_lost = False
+            self._deaths_after = now + self.ttl
+            self.missing.clear()
+            log.info("cluster: Redis answers again; no node is held dead for the next %gs", self.ttl)
         nodes.pop(self.node_id, None)
         for node, info in nodes.items():
             if node not in self.peers:
                 log.info("cluster: node %s is alive at %s", node, info.address)
             self.dead.pop(node, None)
         gone = [n for n in self.peers if n not in nodes]
+        if gone and now < self._deaths_after:
+            for node in gone:
+                nodes[node] = self.peers[node]
+            gone = []
         self.peers = nodes
         for node in gone:
             log.warning("cluster: node %s is dead (no heartbeat for %gs): removing the bindings of its flows",
                         node, self.ttl)
             self._bury(node)
-        now = time.time()
-        if gone or now >= self._next_sweep:
+        if now < self._deaths_after:
+            self._next_sweep = max(self._next_sweep, self._deaths_after)
+        elif gone or now >= self._next_sweep:
             # A walk of every binding: at a death, and now and then for bindings naming a node
             # that has shown no heartbeat for a whole TTL (dead before this node started, or a
             # death missed while Redis was away).

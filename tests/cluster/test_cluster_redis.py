@@ -163,3 +163,34 @@ async def test_redis_stopped_register_503_calls_still_connect(cluster: Cluster) 
         await caller_hangs_up(d)
     for p in (alice, bob, dave, erin):
         await p.close()
+
+
+async def test_redis_away_longer_than_heartbeat_ttl_kills_no_node(cluster: Cluster) -> None:
+    """Redis stopped for longer than heartbeat_ttl comes back with every heartbeat key expired
+    (AOF keeps absolute expiry times). The nodes must not take that for deaths: the first node
+    to poll after the outage would otherwise find the others "gone" and remove their bindings
+    from Redis and every view. A node is held dead only when its heartbeat stays missing for a
+    whole TTL while Redis answers."""
+    cl = cluster
+    tag = secrets.token_hex(3)
+    phones = [await tcp_phone(f"p{n.node_id}-{tag}", n) for n in cl.nodes.values()]
+    for p in phones:
+        await p.register()
+    for p in phones:
+        with trio.move_on_after(2.0):
+            while not all(n.registrations(p.aor) for n in cl.nodes.values()):
+                await trio.sleep(0.02)
+    cl.redis.stop()
+    await trio.sleep(HEARTBEAT_TTL * 2.5)
+    cl.redis.start()
+    await trio.sleep(HEARTBEAT_TTL * 2.5)  # every node has polled several times since
+    for p in phones:
+        keys = cl.binding_keys(p.aor)
+        assert len(keys) == 1, f"{p.aor} (on node {p.node.node_id}) lost its Redis key after the outage: {keys}"
+        for n in cl.nodes.values():
+            assert n.registrations(p.aor), f"node {n.node_id} lost {p.aor} (on node {p.node.node_id}) after the outage"
+    logs = cl.logs(200_000)
+    assert "is dead" not in logs and "no heartbeat for" not in logs, "a node was held dead after a Redis outage"
+    for caller, callee in zip(phones, phones[1:] + phones[:1], strict=True):
+        d = await call(caller, callee)
+        await caller_hangs_up(d)
