@@ -106,3 +106,16 @@ def test_operations_doc_lists_every_endpoint() -> None:
             assert re.search(rf"{method}[^|\n]*`?{re.escape(path)}[`?\[]", doc) or (
                 path == "/" and "`GET /`" in doc
             ), f"{method} {path} undocumented"
+
+
+def test_cluster_examples_are_two_nodes_of_one_cluster() -> None:
+    """Issue 20: the docs' two-node example: same Redis, key prefix and flow-token key, own names
+    and addresses."""
+    a = load_config(EXAMPLES / "cluster-a.toml")
+    b = load_config(EXAMPLES / "cluster-b.toml")
+    for cfg in (a, b):
+        assert cfg.store.backend == "redis" and cfg.cluster.enabled
+    assert (a.store.redis_url, a.store.redis_key_prefix, a.outbound.secret) == (
+        b.store.redis_url, b.store.redis_key_prefix, b.outbound.secret)
+    assert a.cluster.node_id != b.cluster.node_id and a.cluster.address != b.cluster.address
+    assert a.cluster.heartbeat_ttl > a.cluster.heartbeat_interval
