@@ -82,7 +82,8 @@ class Node:
     """One ``sipserver run`` process, a node of the cluster."""
 
     def __init__(self, node_id: str, directory: Path, redis_url: str, prefix: str, secret: str, *,
-                 heartbeat_interval: float = HEARTBEAT_INTERVAL, heartbeat_ttl: float = HEARTBEAT_TTL) -> None:
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, heartbeat_ttl: float = HEARTBEAT_TTL,
+                 extra_toml: str = "") -> None:
         self.node_id = node_id
         self.dir = directory
         self.udp_port, self.tcp_port, self.ws_port, self.mgmt_port = (free_port() for _ in range(4))
@@ -121,7 +122,7 @@ enabled = false
 # stand in for what these tests look at. Overload control has its own tests.
 [limits]
 overload_queue_delay = 0
-"""
+{extra_toml}"""
         )
 
     # -------------------------------------------------------------- addresses
@@ -163,6 +164,16 @@ overload_queue_delay = 0
         except CtlError:
             return False
         return True
+
+    def wait_ready(self) -> None:
+        """Block until the node answers its management API (fails with its log if it exits)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.ready():
+            if not self.running():
+                raise RuntimeError(f"node {self.node_id} exited during start-up\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {self.node_id} not ready after {START_TIMEOUT} s\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -16,18 +16,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from nodes import START_TIMEOUT, Node, call, caller_hangs_up, tcp_phone, udp_phone
+from nodes import Node, call, caller_hangs_up, tcp_phone, udp_phone
 from redis_fixture import RedisServer
 
 SLOW_INTERVAL = 5.0
-
-
-def _wait_ready(node: Node) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while not node.ready():
-        assert node.running(), f"node {node.node_id} exited during start-up\n{node.log_tail()}"
-        assert time.monotonic() < deadline, f"node {node.node_id} not ready\n{node.log_tail()}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -44,7 +36,7 @@ def two_slow_nodes(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[
                         heartbeat_interval=SLOW_INTERVAL, heartbeat_ttl=3 * SLOW_INTERVAL)
             nodes.append(node)
             node.spawn()
-            _wait_ready(node)  # a is up (and has polled) before b starts
+            node.wait_ready()  # a is up (and has polled) before b starts
         yield nodes[0], nodes[1]
     finally:
         for node in nodes:
