@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from sipserver.outbound.flow import Flow, Transport
 
-__all__ = ["FlowTokenCodec", "ForeignToken", "InvalidToken", "token_node"]
+__all__ = ["FlowTokenCodec", "ForeignToken", "InvalidToken", "token_node", "valid_node"]
 
 MIN_KEY_BYTES = 16
 MAC_BYTES = 12
@@ -212,6 +212,11 @@ def _parse_body(body: bytes) -> tuple[Flow, str]:
         remote=(_unpack_host(rip), rport),
         serial=serial,
     ), node.decode("ascii")
+
+
+def valid_node(name: str) -> bool:
+    """Whether ``name`` may name a cluster node (lower-case letters, digits, ``_``, ``-``)."""
+    return _NODE_RE.fullmatch(name.encode("ascii", "replace")) is not None
 
 
 def token_node(token: str) -> str:

@@ -17,7 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
-from ..outbound.flowtoken import FlowTokenCodec
+from ..outbound.flowtoken import FlowTokenCodec, valid_node
 from ..sip import ParseError, Request
 
 __all__ = ["HOP_HEADER", "MAX_SKEW", "hop_value", "take_hop"]
@@ -29,7 +29,11 @@ MAX_SKEW = 30.0
 def _body(node: str, ts: int, req: Request) -> bytes:
     cseq = req.cseq
     via = req.top_via
-    text = "\x00".join(("hop", node, str(ts), req.call_id, str(cseq.seq), req.method, req.uri_text, via.branch or ""))
+    # The Routes name the flow the request is for: covered, so that a captured request cannot be
+    # replayed towards another phone's flow inside the skew window.
+    routes = ",".join(v.strip() for v in req.header_values("route"))
+    text = "\x00".join(("hop", node, str(ts), req.call_id, str(cseq.seq), req.method, req.uri_text, via.branch or "",
+                        routes))
     return text.encode("utf-8", "surrogateescape")
 
 
@@ -42,19 +46,22 @@ def hop_value(codec: FlowTokenCodec, req: Request, wall: float) -> str:
 def take_hop(codec: FlowTokenCodec, req: Request, wall: float) -> str | None:
     """Remove any ``Cluster-Hop`` header from ``req``; the sending node's name when there was one
     proof and it verifies, else None."""
-    values = req.header_values("cluster-hop")
-    if not values:
+    if not req.has_header("cluster-hop"):
         return None
-    req.remove_header("cluster-hop")
+    values = req.header_values("cluster-hop")
+    req.remove_header("cluster-hop")  # even an empty one: it never goes further than one hop
     if len(values) != 1 or not codec.node:
         return None
     node, _, rest = values[0].partition(";")
+    node = node.strip()
+    if not valid_node(node):
+        return None
     params = dict(p.partition("=")[::2] for p in rest.split(";"))
     try:
         ts = int(params.get("ts", ""))
-        body = _body(node.strip(), ts, req)
+        body = _body(node, ts, req)
     except (ValueError, ParseError):
         return None
     if abs(wall - ts) > MAX_SKEW or not codec.verify_mac_text(body, params.get("mac", "")):
         return None
-    return node.strip()
+    return node

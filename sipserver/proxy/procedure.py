@@ -208,7 +208,10 @@ class ProxyCore:
         hop = self._next_hop(req, rr)
         if isinstance(hop, Reply):
             return hop
-        refusal = True if peer is not None else self._authorise(req, arrival, now, hop, rr.in_dialog)
+        # A peer's proof is worth something only for what a peer sends: a request down a flow of
+        # ours, named by our token. Anything else it carries is judged like any request.
+        trusted = peer is not None and hop.kind is HopKind.FLOW
+        refusal = True if trusted else self._authorise(req, arrival, now, hop, rr.in_dialog)
         if isinstance(refusal, Reply):
             return refusal
         if self.gate is not None:
@@ -218,7 +221,7 @@ class ProxyCore:
             return dests
         caller_rr = None
         record = self.settings.record_route and is_dialog_creating(req)
-        if record and peer is None:
+        if record and not trusted:
             ob = client_wants_outbound(req) or self._flow_registered(arrival)
             caller_rr = self.record_route(req, self.local_uri(arrival), arrival, ob=ob)
         return Forward(req, group_targets(dests), caller_rr, record_callee=record)
@@ -433,6 +436,8 @@ class ProxyCore:
         mf = check_max_forwards(req)
         if mf is None:
             return None
+        if req.has_header("cluster-hop"):
+            req.remove_header("cluster-hop")  # an ACK needs no proof; none goes further (issue 20)
         rr = self._route(req, arrival)
         if rr.reject is not None:
             return None

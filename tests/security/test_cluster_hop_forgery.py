@@ -77,12 +77,26 @@ def with_header(text: str, value: str) -> str:
     return f"{head}\r\n{HOP_HEADER}: {value}{sep}{body}"
 
 
+def path_of(sc: Scene, user: str) -> tuple[str, ...]:
+    """The Path this node stored for ``user``: what a peer node puts in the Route of a request it
+    hands on (the lookup it made there yielded this node's Path)."""
+    aor = f"{user}@{DOMAIN}"
+    for b in sc.server.store.all():
+        if b.key.aor == aor and b.path:
+            return b.path
+    raise AssertionError(f"no binding with a Path for {aor}")
+
+
 def attack(sc: Scene, method: str, ruri: str, from_uri: str = ALICE) -> str:
+    """The request as a peer node would hand it on: to a local user, Routed by the Path this node
+    stored (so only the proof stands between the sender and the flow)."""
     body = SDP if method == "INVITE" else "hello"
     ctype = "application/sdp" if method == "INVITE" else "text/plain"
+    user = ruri[4:].partition("@")[0] if ruri.endswith(f"@{DOMAIN}") else ""
     return sip(
         method,
         ruri,
+        routes=path_of(sc, user) if user else (),
         via=sc.attacker.hostport(),
         from_uri=from_uri,
         body=body,
@@ -214,3 +228,19 @@ async def test_every_cluster_hop_is_removed_before_the_request_goes_on(
                 else ""
             )
         )
+
+
+async def test_a_genuine_proof_is_worth_nothing_without_this_nodes_route(
+    tmp_path: Path, redis_server: RedisServer, victim: Victim
+) -> None:
+    """A peer hands on only requests Routed by this node's own flow token. A request with a
+    genuine proof but no such Route (here: a plain R-URI lookup of bob, as if a peer's proof were
+    a pass for anything) is judged like any request: the claimed alice is challenged."""
+    async with scene(tmp_path, **node_sections(redis_server)) as sc:
+        plain = sip("MESSAGE", f"sip:bob@{DOMAIN}", via=sc.attacker.hostport(), from_uri=ALICE,
+                    body="hello", content_type="text/plain")
+        value = hop_value(genuine(), parsed(plain), time.time())
+        resp = await sc.ask(with_header(plain, value))
+        assert resp is not None and resp.status == 407, None if resp is None else (resp.status, resp.reason)
+        assert not sc.bob.heard_call(parsed(plain).call_id, "MESSAGE"), "bob got a request its sender never proved"
+        await victim.assert_silent(0)

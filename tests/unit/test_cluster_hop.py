@@ -147,14 +147,27 @@ OTHER_REQUESTS = [
     pytest.param({"ruri": "sip:carol@example.com"}, id="request-uri"),
     pytest.param({"ruri": "sip:bob@example.com;transport=tcp"}, id="request-uri-param"),
     pytest.param({"branch": "z9hG4bK.node-a.2"}, id="via-branch"),
+    # The Route names the flow: a captured proof must not take the request to another phone.
+    pytest.param({"extra": "Route: <sip:OTHERFLOW@127.0.0.1:5080;transport=tcp;lr;ob>\r\n"}, id="route-added"),
 ]
+
+
+def test_proof_over_a_route_refused_when_the_route_names_another_flow() -> None:
+    """Issue 20: a request handed on is Routed by the Path the receiving node stored; replaying
+    a captured one with the Route swapped for another phone's flow token does not verify."""
+    route = "Route: <sip:FLOW1@127.0.0.1:5080;transport=tcp;lr;ob>\r\n"
+    genuine = proof(A, request(extra=route))
+    assert take_hop(B, with_hop(request(extra=route), genuine), WALL) == "a"
+    swapped = with_hop(request(extra=route.replace("FLOW1", "FLOW2")), genuine)
+    assert take_hop(B, swapped, WALL) is None
+    assert_gone(swapped)
 
 
 @pytest.mark.parametrize("changed", OTHER_REQUESTS)
 def test_proof_of_another_request_is_refused_and_removed(changed: dict[str, object]) -> None:
     """Issue 20: a genuine proof copied from another request (captured between two nodes) does
-    not verify on a request that differs in Call-ID, CSeq, method, Request-URI or the sending
-    node's Via branch."""
+    not verify on a request that differs in Call-ID, CSeq, method, Request-URI, the sending
+    node's Via branch or its Route."""
     genuine = proof(A, request())
     req = with_hop(request(**changed), genuine)  # type: ignore[arg-type]
     assert take_hop(B, req, WALL) is None, f"proof of another request accepted ({changed})"
