@@ -928,7 +928,7 @@ class LimitsConfig:
         "(RFC 3261 §18.1.1 prefers a congestion-controlled transport above 1300).",
     )
     overload_queue_delay: float = _opt(
-        0.2,
+        0.05,
         _Float(0.0),
         "Overload control: while requests wait longer than this many seconds in the UDP "
         "socket's receive queue (the kernel's receive timestamp, Linux) or REGISTER replies wait "
