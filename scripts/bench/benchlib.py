@@ -44,7 +44,9 @@ class BenchServer:
     """sipserver on 127.0.0.1 with limits opened up for load (the defaults protect a real server
     from exactly this kind of traffic from one address)."""
 
-    def __init__(self, *, store: str = "memory", extra_toml: str = "") -> None:
+    def __init__(self, *, store: str = "memory", extra_toml: str = "", limits: str = "") -> None:
+        """extra_toml: appended after the configuration's last table; limits: lines added to its
+        [limits] table (e.g. ``overload_queue_delay = 0.1``)."""
         self.dir = Path(tempfile.mkdtemp(prefix="sipserver-bench-"))
         self.port = free_port()
         self.ws_port = free_port()
@@ -63,6 +65,7 @@ backend = "{store}"
 [limits]
 max_connections = 200000
 max_connections_per_ip = 200000
+{limits}
 [rate_limit]
 enabled = false
 {extra_toml}
