@@ -26,7 +26,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +305,28 @@ def _key_aor(binding_key: str) -> str | None:
     except ValueError:
         return None
     return parts[0] if isinstance(parts, list) and parts else None
+
+
+@contextmanager
+def node_pair(redis: RedisServer, directory: Path, **node_kwargs: Any) -> Iterator[tuple[Node, Node]]:
+    """Nodes a and b of a fresh cluster (own key prefix and key), a started and ready before b
+    is spawned; both killed afterwards. ``node_kwargs`` go to both ``Node``s."""
+    if redis.process is None:
+        redis.start()
+    prefix, secret = f"t{secrets.token_hex(4)}:", secrets.token_hex(16)
+    nodes: list[Node] = []
+    try:
+        for node_id in ("a", "b"):
+            d = directory / f"node-{node_id}"
+            d.mkdir()
+            node = Node(node_id, d, redis.url, prefix, secret, **node_kwargs)
+            nodes.append(node)
+            node.spawn()
+            node.wait_ready()
+        yield nodes[0], nodes[1]
+    finally:
+        for node in nodes:
+            node.kill()
 
 
 # ------------------------------------------------------------------ phones

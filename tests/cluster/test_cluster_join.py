@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from nodes import Node, call, caller_hangs_up, tcp_phone, udp_phone
+from nodes import Node, call, caller_hangs_up, node_pair, tcp_phone, udp_phone
 from redis_fixture import RedisServer
 
 SLOW_INTERVAL = 5.0
@@ -24,23 +24,9 @@ SLOW_INTERVAL = 5.0
 
 @pytest.fixture
 def two_slow_nodes(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    if redis_server.process is None:
-        redis_server.start()
-    prefix, secret = f"t{secrets.token_hex(4)}:", secrets.token_hex(16)
-    nodes = []
-    try:
-        for node_id in ("a", "b"):
-            d = tmp_path / f"node-{node_id}"
-            d.mkdir()
-            node = Node(node_id, d, redis_server.url, prefix, secret,
-                        heartbeat_interval=SLOW_INTERVAL, heartbeat_ttl=3 * SLOW_INTERVAL)
-            nodes.append(node)
-            node.spawn()
-            node.wait_ready()  # a is up (and has polled) before b starts
-        yield nodes[0], nodes[1]
-    finally:
-        for node in nodes:
-            node.kill()
+    with node_pair(redis_server, tmp_path, heartbeat_interval=SLOW_INTERVAL,
+                   heartbeat_ttl=3 * SLOW_INTERVAL) as pair:  # a is up (and has polled) before b starts
+        yield pair
 
 
 async def test_phone_on_a_node_that_just_joined_is_called_at_once(two_slow_nodes: tuple[Node, Node]) -> None:

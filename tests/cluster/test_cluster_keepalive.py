@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 from harness import response_to
-from nodes import Node, udp_phone
+from nodes import Node, node_pair, udp_phone
 from redis_fixture import RedisServer
 
 from sipserver.sip import Request
@@ -22,24 +22,9 @@ from sipserver.sip import Request
 
 @pytest.fixture
 def pinging_nodes(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    if redis_server.process is None:
-        redis_server.start()
-    prefix, secret = f"t{secrets.token_hex(4)}:", secrets.token_hex(16)
-    nodes: list[Node] = []
-    try:
-        for node_id in ("a", "b"):
-            d = tmp_path / f"node-{node_id}"
-            d.mkdir()
-            nodes.append(Node(node_id, d, redis_server.url, prefix, secret,
-                              extra_toml="\n[nat]\nkeepalive = true\nkeepalive_interval = 1.0\n"))
-        for node in nodes:
-            node.spawn()
-        for node in nodes:
-            node.wait_ready()
-        yield nodes[0], nodes[1]
-    finally:
-        for node in nodes:
-            node.kill()
+    with node_pair(redis_server, tmp_path,
+                   extra_toml="\n[nat]\nkeepalive = true\nkeepalive_interval = 1.0\n") as pair:
+        yield pair
 
 
 async def test_only_the_node_holding_a_udp_flow_pings_it(pinging_nodes: tuple[Node, Node]) -> None:
