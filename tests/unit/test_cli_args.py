@@ -13,7 +13,6 @@ import logging
 import re
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,7 @@ GOOD = '[server]\nlisten = ["udp:127.0.0.1:5070"]\ndomains = ["example.org"]\n'
 BAD = "[registrar]\nmin_expires = 0\n"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")  # tests/unit/conftest.py
 
 
 @pytest.fixture

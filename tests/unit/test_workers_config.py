@@ -15,7 +15,6 @@ import textwrap
 import threading
 import time
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -32,15 +31,7 @@ def cfg_of(**sections: dict[str, object]) -> Config:
     return config_from_dict({**REDIS, **sections})
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")  # tests/unit/conftest.py
 
 
 # ---------------------------------------------------------------------------------------------
