@@ -91,7 +91,7 @@ async def test_a_token_without_a_valid_dialog_proof_is_not_in_dialog(tmp_path: P
 async def test_keepalive_options_keep_binding_and_silence_kills_it(tmp_path: Path, autojump: MockClock) -> None:
     """Server-sent keepalives (nat.keepalive_interval): any response keeps the binding; after
     nat.keepalive_failures unanswered pings the flow is dead and its binding is removed."""
-    nat = {"keepalive_interval": 2.0, "keepalive_failures": 2}
+    nat = {"keepalive": True, "keepalive_interval": 2.0, "keepalive_failures": 2}
     async with running_server(tmp_path, nat=nat) as server:
         bob = await UdpUA.open(addr(server, "udp"))
         await reg_plain(bob, "bob")
@@ -290,7 +290,7 @@ async def test_a_flow_whose_binding_is_gone_is_released(tmp_path: Path, autojump
     import trio
     from harness import TcpUA
 
-    nat = {"keepalive_interval": 2.0}
+    nat = {"keepalive": True, "keepalive_interval": 2.0}
     async with running_server(tmp_path, nat=nat, limits={"idle_flow_timeout": 5.0},
                               registrar={"min_expires": 10}) as server:
         bob = await UdpUA.open(addr(server, "udp"))

@@ -72,16 +72,10 @@ async def test_basic_call_tcp(tmp_path: Path) -> None:
         assert (await alice.recv_response()).status == 200
 
 
-# The autojump clock leaps to the next deadline whenever every task waits on a socket; the NAT
-# keepalive OPTIONS (nat.keepalive, due within 25 s of a plain UDP REGISTER) then reach the
-# phones in the middle of what these tests look at. They have their own tests (test_nat.py).
-NO_KEEPALIVE = {"keepalive": False}
-
-
 async def test_parallel_fork_answer_and_cancel(tmp_path: Path, autojump: MockClock) -> None:
     """Two contacts of equal q ring in parallel; one answers, the other is cancelled and its 487
     is absorbed."""
-    async with running_server(tmp_path, nat=NO_KEEPALIVE) as server:
+    async with running_server(tmp_path) as server:
         d1 = await UdpUA.open(addr(server, "udp"))
         d2 = await UdpUA.open(addr(server, "udp"))
         await reg(d1, "bob", supported=None)
@@ -102,7 +96,7 @@ async def test_parallel_fork_answer_and_cancel(tmp_path: Path, autojump: MockClo
 
 
 async def test_serial_fork_by_q(tmp_path: Path, autojump: MockClock) -> None:
-    async with running_server(tmp_path, nat=NO_KEEPALIVE) as server:
+    async with running_server(tmp_path) as server:
         hi = await UdpUA.open(addr(server, "udp"))
         lo = await UdpUA.open(addr(server, "udp"))
         await reg(hi, "bob", supported=None, contact=f"<sip:bob@{hi.hostport()}>;q=1.0")
@@ -276,7 +270,7 @@ async def test_subscribe_notify_publish_message_routed(tmp_path: Path) -> None:
 async def test_timer_c_gives_408_when_callee_never_answers(tmp_path: Path, autojump: MockClock) -> None:
     """PX-08 (RFC 3261 §16.6 step 11 / §16.8): timer C expiring on a branch with no provisional
     ends it as 408; with a provisional it is CANCELled."""
-    async with running_server(tmp_path, proxy={"timer_c": 1.0}, nat=NO_KEEPALIVE) as server:
+    async with running_server(tmp_path, proxy={"timer_c": 1.0}) as server:
         silent = await UdpUA.open(addr(server, "udp"))
         await reg(silent, "bob", supported=None)
         alice = await UdpUA.open(addr(server, "udp"))
