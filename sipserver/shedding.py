@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .overload import Shedder
-from .shed import acks_shed_503, early_503
+from .shed import SHED_TAG, acks_shed_503, early_503, in_shed_dialog
 from .transport.errors import FlowGone
 
 __all__ = ["shed_early"]
@@ -17,8 +17,18 @@ async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
     503 from its bytes (``shed.early_503``) and report it handled; False: handle it fully.
 
     The Shedder's state advances here for every message, so it also stops shedding on time."""
-    if acks_shed_503(data):
-        return True
+    if SHED_TAG in data:  # the tag of a byte-level 503: its ACK, or a request "in" its dialog
+        if acks_shed_503(data):
+            return True
+        resp = in_shed_dialog(data, flow.remote, (server.cfg.server.server_header or "").encode())
+        if resp is not None:
+            server.count("overload_shed_dialog_481")
+            try:
+                await server.flows.send(flow, resp)
+            except FlowGone:
+                pass
+            server.metrics.response_sent(481)
+            return True
     shedder: Shedder = server.shedder
     now = server.clock.now()
     shedder.verdict = None

@@ -515,6 +515,9 @@ def main() -> int:
     ap.add_argument("--sipserver-toml", default="",
                     help="lines added to the [limits] table of sipserver's configuration "
                     "(e.g. 'overload_queue_delay = 0.1'); without it the defaults")
+    ap.add_argument("--sipp-bye", action="store_true",
+                    help="sipp with its default behaviours: a BYE after every aborted call or "
+                    "REGISTER (carrying the 503's To tag), as compare.sh's sweeps run it")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, sipp files)")
     ap.add_argument("--kamailio", default=shutil.which("kamailio") or "/usr/sbin/kamailio")
     a = ap.parse_args()
@@ -523,8 +526,11 @@ def main() -> int:
         key, rate = item.split("=")
         w, s = key.split(":")
         cap[(w, s)] = float(rate)
-    global EXTRA_TOML
+    global EXTRA_TOML, NO_BYE
     EXTRA_TOML = a.sipserver_toml.replace("\\n", "\n")
+    if a.sipp_bye:
+        NO_BYE = []
+        print("sipp with its default behaviours (abort BYEs on)")
     wls = a.workloads.split(",")
     srvs = a.servers.split(",")
     fracs = [float(f) for f in a.fractions.split(",") if f]

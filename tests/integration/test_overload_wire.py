@@ -92,3 +92,33 @@ async def test_tcp_bytes_that_waited_too_long_shed_new_requests(tmp_path: Path) 
             assert (await t.recv_response()).status == status
         assert server.flows.stream_queue_delay == 0.0  # read to empty since
         await t.close()
+
+
+async def test_bye_in_the_dialog_of_a_shed_503_is_answered_481_and_never_reaches_the_callee(
+    tmp_path: Path,
+) -> None:
+    """RFC 3261 §12.1, §12.2.2: a 503 makes no dialog, so a request carrying the 503's To tag
+    (sipp ends every failed call with such a BYE) is answered 481 from its bytes, during and
+    after the overload, and the callee the full path would have looked up hears nothing."""
+    async with running_server(tmp_path, listen=["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]) as server:
+        bob = await UdpUA.open(addr(server, "udp"))
+        await bob.send(register(bob, "bob"))
+        assert (await bob.recv_response()).status == 200
+        for ua in (await UdpUA.open(addr(server, "udp")), await TcpUA.open(addr(server, "tcp"))):
+            _overloaded(server, True)
+            await ua.send(request(ua, "INVITE", "sip:bob@example.com", call_id=f"shed-{ua.transport}"))
+            resp = await ua.recv_response()
+            assert resp.status == 503 and resp.to_tag.startswith("503shed")
+            await ua.send(request(ua, "ACK", "sip:bob@example.com", call_id=f"shed-{ua.transport}",
+                                  to_tag=resp.to_tag))
+            for cseq, on in ((2, True), (3, False)):
+                _overloaded(server, on)
+                await ua.send(request(ua, "BYE", "sip:bob@example.com", call_id=f"shed-{ua.transport}",
+                                      to_tag=resp.to_tag, cseq=cseq))
+                got = await ua.recv_response()
+                assert got.status == 481 and got.call_id == f"shed-{ua.transport}" and got.cseq.seq == cseq
+                assert got.to_tag == resp.to_tag and got.top_via.param("received") == "127.0.0.1"
+            await bob.expect_nothing(0.3)
+            await ua.close()
+        assert server.stats.get("overload_shed_dialog_481") == 4
+        await bob.close()

@@ -3,7 +3,7 @@ and everything it leaves to the full path."""
 
 from __future__ import annotations
 
-from sipserver.shed import acks_shed_503, early_503
+from sipserver.shed import acks_shed_503, early_503, in_shed_dialog
 from sipserver.sip import Response, parse_message
 
 REG = (
@@ -64,3 +64,23 @@ def test_the_ack_of_a_shed_503_is_recognised() -> None:
     assert acks_shed_503(ack)
     assert not acks_shed_503(ack.replace(b"503shed", b"abc"))
     assert not acks_shed_503(b"BYE" + ack[3:])
+
+
+def test_a_request_in_the_dialog_of_a_shed_503_is_answered_481() -> None:
+    out = early_503(REG.replace(b"REGISTER", b"INVITE"), SRC, 5, _never)
+    assert out is not None
+    tag = parse_message(out).to_tag  # type: ignore[union-attr]
+    bye = REG.replace(b"REGISTER sip:example.com", b"BYE sip:bob@example.com").replace(b"7 REGISTER", b"8 BYE")
+    bye = bye.replace(b"t: <sip:alice@example.com>", b"t: <sip:alice@example.com>;tag=" + tag.encode())
+    resp = parse_message(in_shed_dialog(bye, SRC, b"sipserver") or b"")
+    assert isinstance(resp, Response) and resp.status == 481
+    assert resp.to_tag == tag and resp.cseq.seq == 8 and resp.cseq.method == "BYE"
+    assert resp.vias[0].param("received") == "192.0.2.7" and resp.header("server") == "sipserver"
+    # Anything else takes its usual path.
+    assert in_shed_dialog(bye.replace(tag.encode(), b"b1"), SRC) is None  # a real dialog
+    assert in_shed_dialog(REG, SRC) is None  # no tag at all
+    assert in_shed_dialog(bye.replace(b"BYE sip:", b"ACK sip:").replace(b"8 BYE", b"8 ACK"), SRC) is None
+    assert in_shed_dialog(b"SIP/2.0 200 OK\r\n" + bye.split(b"\r\n", 1)[1], SRC) is None  # a response
+    assert in_shed_dialog(bye.replace(b"t: ", b"Subject: x\r\nt: ", 1).replace(b"Subject: x", b" folded"), SRC) is None
+    for cut in range(len(bye)):  # never raises on a truncated one
+        in_shed_dialog(bye[:cut] + b"\r\n\r\n", SRC)
