@@ -31,6 +31,7 @@ from .clock import Clock
 from .config import Config
 from .forwarding import Forwarder, ServerTransaction
 from .gcpace import GcPacer
+from .looplag import LoopLag
 from .media_glue import MediaGlue
 from .mgmt.logbudget import LogBudget, log_binding_event
 from .mgmt.metrics import Metrics
@@ -48,7 +49,7 @@ from .registrar import (
     survives_restart,
 )
 from .registrar import RemovalCause as StoreRemoval
-from .shedding import shed_early
+from .shedding import overload_warning, shed_early
 from .sip import ParseError, Request, Response, make_response, parse_message
 from .sip.build import phrase_with_detail
 from .sip.framer import FramingError
@@ -109,6 +110,7 @@ class Server:
         self.media = MediaGlue(cfg.media, self.clock) if cfg.media.enabled else None  # issue 18
         self.limiter = parts.rate_limiter(cfg)
         self.shedder = Shedder(cfg.limits.overload_queue_delay)
+        self.loop_lag = LoopLag()  # overload signal for every transport (WS, TLS included)
         self.nat = NatKeepalive(cfg.nat.keepalive_interval, cfg.nat.keepalive_failures)
         self.nat_keeper = NatKeeper(self)
         self.nursery: trio.Nursery | None = None
@@ -161,6 +163,8 @@ class Server:
                     await nursery.start(self.cluster.run)
                 self.nat_keeper.adopt_restored()
                 nursery.start_soon(self._timer_loop)
+                if self.shedder.limit > 0:
+                    nursery.start_soon(self.loop_lag.run)
                 nursery.start_soon(self.commit.run)
                 if cfg.mgmt.listen:
                     from .mgmt.api import serve_management
@@ -282,8 +286,10 @@ class Server:
             self.tracer.incoming(flow, data)
         if data.startswith(b"SIP/2.0 ") and self.nat_keeper.pong(data):
             return  # issue 17: a keepalive answered, taken without parsing (NatKeeper.pong)
-        if self.shedder.limit > 0 and await shed_early(self, flow, data):
-            return  # issue 19: overloaded, a new request answered 503 from its bytes
+        if self.shedder.limit > 0:
+            self.loop_lag.poke()
+            if await shed_early(self, flow, data):
+                return  # issue 19: overloaded, a new request answered 503 from its bytes
         start = time.perf_counter()  # processing cost, not protocol time: not the Clock
         try:
             await self._on_message(flow, data)
@@ -393,20 +399,17 @@ class Server:
         retransmitting into it."""
         self.count("overload_rejected")
         retry = self.cfg.limits.overload_retry_after
-        self._overload_log.warning(
-            "overload: requests waited %.0f ms in the UDP socket queue and replies %.0f ms for the "
-            "location store (limits.overload_queue_delay = %.0f ms); answering new requests 503 "
-            "with Retry-After: %d until both drain",
-            self.flows.udp_queue_delay * 1000, self.commit.age(self.clock.now()) * 1000,
-            self.shedder.limit * 1000, retry,
-        )
+        overload_warning(self, self.clock.now())
         await self.reply(req, flow, 503, "Service Unavailable (overload)", [("Retry-After", str(retry))])
 
     def _queue_delay(self, now: float) -> float:
-        """The overload signal (issue 19): the longer of the UDP socket queue's delay (kernel
-        receive timestamps; on one event loop it stands for every transport) and the age of
-        the oldest REGISTER reply held for the group commit."""
-        return max(self.flows.udp_queue_delay, self.flows.stream_queue_delay, self.commit.age(now))
+        """The overload signal (issue 19): the longest of the socket queues' delays (kernel
+        receive timestamps, UDP and plain TCP), the event loop's lag while traffic flows
+        (every transport: WebSocket and TLS have no kernel timestamp) and the age of the
+        oldest REGISTER reply held for the group commit."""
+        return max(
+            self.flows.udp_queue_delay, self.flows.stream_queue_delay, self.loop_lag.lag, self.commit.age(now)
+        )
 
     async def _on_cancel(self, req: Request, flow: Flow) -> None:
         """RFC 3261 §16.10: answer 200 hop by hop, cancel the pending branches."""

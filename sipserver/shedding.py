@@ -9,7 +9,20 @@ from .overload import Shedder
 from .shed import SHED_TAG, acks_shed_503, early_503, in_shed_dialog
 from .transport.errors import FlowGone
 
-__all__ = ["shed_early"]
+__all__ = ["overload_warning", "shed_early"]
+
+
+def overload_warning(server: Any, now: float) -> None:
+    """The (rate-limited) log line of a shed request: which wait was too long."""
+    server._overload_log.warning(
+        "overload: requests waited %.0f ms in the socket queues (UDP, TCP), the event loop ran "
+        "%.0f ms late and replies waited %.0f ms for the location store "
+        "(limits.overload_queue_delay = %.0f ms); answering a share of new requests 503 with "
+        "Retry-After: %d until they drain",
+        max(server.flows.udp_queue_delay, server.flows.stream_queue_delay) * 1000,
+        server.loop_lag.lag * 1000, server.commit.age(now) * 1000, server.shedder.limit * 1000,
+        server.cfg.limits.overload_retry_after,
+    )
 
 
 async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
@@ -47,13 +60,7 @@ async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
         return False
     server.count("overload_rejected")
     server.count("overload_rejected_early")
-    server._overload_log.warning(
-        "overload: requests waited %.0f ms in the socket queues (UDP, TCP) and replies %.0f ms "
-        "for the location store (limits.overload_queue_delay = %.0f ms); answering new requests "
-        "503 until they drain",
-        max(server.flows.udp_queue_delay, server.flows.stream_queue_delay) * 1000,
-        server.commit.age(now) * 1000, shedder.limit * 1000,
-    )
+    overload_warning(server, now)
     try:
         await server.flows.send(flow, resp)
     except FlowGone:

@@ -336,6 +336,15 @@ def collect(server: Any, now: float) -> list[Family]:
             [Sample((), round(getattr(server.flows, "udp_queue_delay", 0.0), 6))],
         )
     )
+    lag = getattr(server, "loop_lag", None)
+    fams.append(
+        _gauge(
+            "sipserver_overload_loop_lag_seconds",
+            "How late the overload probe's last 10 ms timer woke while messages arrived (0 when "
+            "idle): the event loop's lag, compared with limits.overload_queue_delay.",
+            [Sample((), round(lag.lag if lag is not None else 0.0, 6))],
+        )
+    )
 
     closed: dict[tuple[str, str], int] = {}
     for (transport, cause), n in m.flows_closed.items():
