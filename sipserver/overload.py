@@ -75,6 +75,11 @@ class Shedder:
             return True
         return False
 
+    def untake(self) -> None:
+        """Give back a ``take`` that said shed, for a message that turned out not to be a new
+        request: the accumulator counts new requests only."""
+        self.credit = min(1.0, self.credit + 1.0 - self.share)
+
     def overloaded(self, delay: float, now: float) -> bool:
         """Whether to answer this new request 503: the verdict ``shedding.shed_early`` already
         gave it, or else fed and decided here."""

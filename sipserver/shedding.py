@@ -3,6 +3,7 @@ of ``shed.early_503`` and its sending, before a message is parsed."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .overload import Shedder
@@ -11,18 +12,23 @@ from .transport.errors import FlowGone
 
 __all__ = ["overload_warning", "shed_early"]
 
+_NOT_NEW = (b"SIP/", b"ACK ", b"CANCEL ")
+
 
 def overload_warning(server: Any, now: float) -> None:
-    """The (rate-limited) log line of a shed request: which wait was too long."""
-    server._overload_log.warning(
-        "overload: requests waited %.0f ms in the socket queues (UDP, TCP), the event loop ran "
-        "%.0f ms late and replies waited %.0f ms for the location store "
-        "(limits.overload_queue_delay = %.0f ms); answering a share of new requests 503 with "
-        "Retry-After: %d until they drain",
-        max(server.flows.udp_queue_delay, server.flows.stream_queue_delay) * 1000,
-        server.loop_lag.lag * 1000, server.commit.age(now) * 1000, server.shedder.limit * 1000,
-        server.cfg.limits.overload_retry_after,
-    )
+    """The (rate-limited) log line of a shed request: which wait was too long. (The budget is
+    asked first: while shedding this runs for every shed request.)"""
+    budget = server._overload_log
+    if budget.allow(logging.WARNING):
+        budget._logger.warning(
+            "overload: requests waited %.0f ms in the socket queues (UDP, TCP), the event loop "
+            "ran %.0f ms late and replies waited %.0f ms for the location store "
+            "(limits.overload_queue_delay = %.0f ms); answering a share of new requests 503 "
+            "with Retry-After: %d until they drain",
+            max(server.flows.udp_queue_delay, server.flows.stream_queue_delay) * 1000,
+            server.loop_lag.lag * 1000, server.commit.age(now) * 1000, server.shedder.limit * 1000,
+            server.cfg.limits.overload_retry_after,
+        )
 
 
 async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
@@ -48,15 +54,20 @@ async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
     if not shedder.update(server._queue_delay(now), now):
         shedder.verdict = False  # (the runtime's own check then needs no second look)
         return False
+    if data.startswith(_NOT_NEW) or data.count(b";tag=") > 1:
+        return False  # a response, ACK, CANCEL or (From and To tags) in-dialog: never shed
+    # The share decides before the byte scan: an admitted request is handled in full and
+    # would only pay for a 503 it never sends (half the new requests at 2x capacity).
+    if not shedder.take():
+        shedder.verdict = False  # admitted: handled in full, not shed again by the runtime
+        return False
     servers = server.transactions._servers  # the §17.2.3 key table, read-only here
     resp = early_503(
         data, flow.remote, server.cfg.limits.overload_retry_after,
-        lambda key: key in servers, (server.cfg.server.server_header or "").encode(),
+        servers.__contains__, (server.cfg.server.server_header or "").encode(),
     )
     if resp is None:
-        return False  # not a new request, or unsure: the runtime's check decides if it is
-    if not shedder.take():
-        shedder.verdict = False  # admitted: handled in full, not shed again by the runtime
+        shedder.untake()  # not a new request, or unsure: the runtime's check decides if it is
         return False
     server.count("overload_rejected")
     server.count("overload_rejected_early")

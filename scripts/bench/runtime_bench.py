@@ -8,9 +8,12 @@ UDP socket (flow lookup, parse, transaction, registrar, 200 OK, sendto on a real
 sink that nobody reads from; the sink is drained between rounds). That isolates the Python
 cost per REGISTER, which is what limits the single-process rate.
 
-    python scripts/bench/runtime_bench.py [--count N] [--sqlite] [--profile]
+    python scripts/bench/runtime_bench.py [--count N] [--sqlite] [--profile] [--shed]
 
-Last line: ``runtime_register_us=N`` (microseconds per REGISTER, best of 6 rounds).
+Last line: ``runtime_register_us=N`` (microseconds per REGISTER, best of 6 rounds). With
+``--shed`` the overload shedder is held on with a share of 1 (the queues look 1 s deep), so
+every REGISTER takes the byte-level 503 path (issue 19): what one shed request costs;
+``--shed-share 0.5`` holds it at that share: the mean of shed and admitted ones.
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ async def main(args: argparse.Namespace) -> None:
         port = sink.getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
+            if args.shed or args.shed_share:
+                server._queue_delay = lambda now: 0.025 if args.shed_share else 1.0  # type: ignore[method-assign]
+                server.shedder.shedding, server.shedder.share = True, args.shed_share or 1.0
+                server.shedder.last_tick = float("inf")  # the share stays where it was put
             table = server.flows
             endpoint = next(iter(table._udp.values()))
             state = table.open_udp(endpoint, ("127.0.0.1", port), trio.current_time())
@@ -114,7 +121,9 @@ async def main(args: argparse.Namespace) -> None:
             print(f"bindings: {server.store.count()}; gc counts {gc.get_count()}", file=sys.stderr)
             nursery.cancel_scope.cancel()
         await server.shutdown()
-    print(f"{best * 1e6:.1f} us per REGISTER through the runtime ({'sqlite' if args.sqlite else 'memory'} store)")
+    what = "shed (503)" if args.shed else f"REGISTER (share {args.shed_share} shed)" if args.shed_share else "REGISTER"
+    store = "sqlite" if args.sqlite else "memory"
+    print(f"{best * 1e6:.1f} us per {what} through the runtime ({store} store); 503s {server.stats.get('overload_rejected_early', 0)}")
     print(f"runtime_register_us={best * 1e6:.1f}")
 
 
@@ -124,4 +133,7 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--sqlite", action="store_true")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--shed", action="store_true", help="every REGISTER answered 503 by the byte-level path")
+    p.add_argument("--shed-share", type=float, default=0.0,
+                   help="shedding engaged with this share: the mean cost of shed and admitted ones")
     trio.run(main, p.parse_args())
