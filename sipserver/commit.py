@@ -26,6 +26,8 @@ from .store_writer import StoreWriterProcess
 
 log = logging.getLogger("sipserver")
 
+_REPLIES_PER_YIELD = 64
+
 #: Sends a held reply: (server transaction, response).
 ReplySender = Callable[[Any, Any], Awaitable[None]]
 
@@ -41,6 +43,7 @@ class GroupCommit:
         # written (``age``, an overload signal).
         self._queued_since: float | None = None
         self._writing_since: float | None = None
+        self.sends: Any = None  # the FlowTable (cork / uncork: batched sends), set by the runtime
 
     @property
     def durable(self) -> bool:
@@ -78,11 +81,24 @@ class GroupCommit:
                     log.error("writing %d binding changes failed: %s", len(batch), err)
                 except Exception:
                     log.exception("writing %d binding changes failed", len(batch))
-            for i, (txn, resp) in enumerate(replies, 1):
-                await self._send_reply(txn, resp)
-                if i % 64 == 0:
-                    await trio.lowlevel.checkpoint()  # a big batch: let the readers in too
+            await self.send_replies(replies)
             self._writing_since = None
+
+    async def send_replies(self, replies: Sequence[tuple[Any, Any]]) -> None:
+        """Send held replies 64 at a time, letting the readers in between (a big batch), each
+        64 as one write per TCP/TLS connection (``sends.cork``: a batch's 200s to the many
+        REGISTERs of one connection are a single send system call)."""
+        sends = self.sends
+        for start in range(0, len(replies), _REPLIES_PER_YIELD):
+            if start:
+                await trio.lowlevel.checkpoint()
+            corked = sends is not None and sends.cork()
+            try:
+                for txn, resp in replies[start : start + _REPLIES_PER_YIELD]:
+                    await self._send_reply(txn, resp)
+            finally:
+                if corked:
+                    await sends.uncork()
 
     async def flush(self) -> None:
         """Shutdown: write what is still queued, then let the writer process exit."""

@@ -277,10 +277,7 @@ class RedisCommit(GroupCommit):
             # the overload signal (``age``) follows the held replies, as in GroupCommit.run
             self._writing_since, self._queued_since = self._queued_since, None
             ok = await self._write(batch)
-            for i, (txn, resp) in enumerate(replies, 1):
-                await self._send_reply(txn, resp if ok else self.unavailable(resp))
-                if i % 64 == 0:
-                    await trio.lowlevel.checkpoint()
+            await self.send_replies(replies if ok else [(txn, self.unavailable(resp)) for txn, resp in replies])
             self._writing_since = None
 
     async def _write(self, batch: list[Change]) -> bool:

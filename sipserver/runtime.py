@@ -93,6 +93,7 @@ class Server:
         self.timers = TimerConfig(t1=cfg.transaction.t1, t2=cfg.transaction.t2, t4=cfg.transaction.t4)
         self.transactions = TransactionTable()
         self.flows = parts.flow_table(cfg)
+        self.commit.sends = self.flows  # batched sends of the held replies
         self.gate = parts.auth_gate(cfg, key, self.stats)
         self.auth_enabled = self.gate is not None
         self.listeners: list[BoundListener] = []

@@ -56,6 +56,9 @@ _RECV_SIZE = 65536
 _READS_PER_YIELD = 16
 # Messages handled in a row before the reader yields (however many reads brought them).
 _MESSAGES_PER_YIELD = 32
+# A read at least this long holds several messages (a busy connection): their writes to it
+# are gathered into one (FlowTable.cork). A phone's single message never waits for that.
+_CORK_READ = 4096
 _PONG = b"\r\n"
 # After a framing error: how long to drain the peer's input before closing (see _linger).
 _LINGER = 1.0
@@ -392,39 +395,53 @@ async def _read_loop(
             return CloseCause.CLOSED_BY_PEER
         now = trio.current_time()
         conn.last_activity = now
+        # A read holding several messages (a busy connection) has what they make this task
+        # write to this connection (503s, 100s, answers) sent as one write (``cork``).
+        corked = len(data) >= _CORK_READ and table.cork(conn)
         framer.feed(data)
         data = None  # an idle reader holds no copy of what it read
         completed = False
-        while True:
-            try:
-                event = framer.next_event()
-            except FramingError as exc:
-                await _framing_error(sink, flow, exc)
-                table.end(conn, CloseCause.FRAMING_ERROR, f"{exc.status} {exc.reason}")
-                await _linger(conn, receive or conn.receiver())
-                return CloseCause.FRAMING_ERROR
-            if event is None:
-                break
-            if type(event) is FramedMessage:
-                completed = True
-                await deliver(sink, flow, event.data)
-                handled += 1
-                if handled >= _MESSAGES_PER_YIELD:
-                    # One read can hold a hundred messages: let other tasks (the store
-                    # writer, other connections, timers) in between.
-                    handled = 0
-                    await trio.lowlevel.checkpoint()
-            elif type(event) is KeepalivePing:
-                # RFC 5626 §4.4.1 / OB-EP-14: answer a ping at once with a single CRLF.
+        try:
+            while True:
                 try:
-                    await table.send_on(conn, _PONG)
-                except FlowGone:
-                    assert conn.cause is not None  # send_on ended the flow first
+                    event = framer.next_event()
+                except FramingError as exc:
+                    await _framing_error(sink, flow, exc)
+                    if corked:
+                        corked = False
+                        await table.uncork()  # the error response goes out before the end
+                    table.end(conn, CloseCause.FRAMING_ERROR, f"{exc.status} {exc.reason}")
+                    await _linger(conn, receive or conn.receiver())
+                    return CloseCause.FRAMING_ERROR
+                if event is None:
+                    break
+                if type(event) is FramedMessage:
+                    completed = True
+                    await deliver(sink, flow, event.data)
+                    handled += 1
+                    if handled >= _MESSAGES_PER_YIELD:
+                        # One read can hold a hundred messages: let other tasks (the store
+                        # writer, other connections, timers) in between.
+                        handled = 0
+                        if corked:
+                            await table.uncork()
+                        await trio.lowlevel.checkpoint()
+                        if corked:
+                            corked = table.cork(conn)
+                elif type(event) is KeepalivePing:
+                    # RFC 5626 §4.4.1 / OB-EP-14: answer a ping at once with a single CRLF.
+                    try:
+                        await table.send_on(conn, _PONG)
+                    except FlowGone:
+                        assert conn.cause is not None  # send_on ended the flow first
+                        return conn.cause
+                    table.report_keepalive(flow)
+                # KeepalivePong: activity only, never answered (OB-KA-01).
+                if conn.cause is not None:
                     return conn.cause
-                table.report_keepalive(flow)
-            # KeepalivePong: activity only, never answered (OB-KA-01).
-            if conn.cause is not None:
-                return conn.cause
+        finally:
+            if corked:
+                await table.uncork()
         if framer.pending:
             if completed or not started:
                 started = now

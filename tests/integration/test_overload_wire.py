@@ -174,3 +174,19 @@ async def test_a_lagging_event_loop_sheds_new_websocket_requests(tmp_path: Path)
                     await ws.send(register(ws, "alice"))
                     if (await ws.recv_response()).status == 200:
                         break
+
+
+async def test_pipelined_registers_over_one_tcp_connection_all_get_their_200(tmp_path: Path) -> None:
+    """Issue 19, batched sends: the group commit writes a batch's 200s to one connection in
+    one send (FlowTable.cork); on the wire each REGISTER still gets its own 200, once, and
+    every binding is stored (SQLite store, the default)."""
+    async with running_server(tmp_path, listen=["tcp:127.0.0.1:0"], store={"backend": "sqlite"}) as server:
+        t = await TcpUA.open(addr(server, "tcp"))
+        regs = [register(t, f"user{i}", call_id=f"pipe-{i}") for i in range(60)]
+        await t.send("".join(regs))
+        got = [await t.recv_response() for _ in regs]
+        assert sorted(r.call_id for r in got) == sorted(f"pipe-{i}" for i in range(60))
+        assert all(r.status == 200 for r in got)
+        await t.expect_nothing(0.2)  # no duplicate
+        assert all(server.store.lookup(f"user{i}@example.com", time.time()) for i in range(60))
+        await t.close()

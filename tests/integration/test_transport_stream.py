@@ -574,3 +574,20 @@ async def test_snapshot_and_counts(nursery: trio.Nursery) -> None:
     assert server.table.count_for_ip("127.0.0.1") == 1
     udp.close()
     await client.aclose()
+
+
+async def test_answers_to_one_big_read_all_arrive_in_order_then_the_framing_error(
+    nursery: trio.Nursery,
+) -> None:
+    """Issue 19, batched sends: what the messages of one read make the server write back to
+    their connection leaves in one write (FlowTable.cork); on the wire every answer arrives,
+    in order, and a framing error later in the same read is still answered before the close."""
+    server = await tcp_server(nursery, echo=True)
+    server.sink.framing_reply = b"SIP/2.0 400 Content-Length required\r\nContent-Length: 0\r\n\r\n"
+    client = await connect(server)
+    msgs = [sip_message(b"x" * 200 + b"\r\n", call_id=f"big{i}") for i in range(20)]
+    assert sum(map(len, msgs)) >= 4096  # one read long enough to be corked
+    await client.send_all(b"".join(msgs) + b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: bad\r\n\r\n")
+    got = await receive_messages(client, 21)
+    assert got == [echo_of(m) for m in msgs] + [server.sink.framing_reply]
+    await assert_eof(client)
