@@ -12,7 +12,7 @@ configuration (scripts/bench/kamailio/kamailio.cfg, 2 workers) and the same sipp
 --from-output FILE redraws the plot and the key=value line from an earlier run's printed tables.
 
 Capacity is PASSED IN (--capacity), not measured: the defaults are the capacities of
-compare.sh --capacity run at 18:45 UTC on 2026-12-05 (docs/performance.md, "Capacity at
+compare.sh --capacity run at 03:18 UTC on 2026-12-06 (docs/performance.md, "Capacity at
 saturation"). Offered rate of a step = fraction x that server's capacity.
 
 Step: sipp offers the rate for --step-dur s (one sipp process per 25,000 REGISTER/s or 5,000
@@ -62,19 +62,21 @@ SIPP_COMMON = ["-i", "127.0.0.1", "-nostdin", "-max_recv_loops", "10000",
                "-max_sched_loops", "10000", "-trace_err"]
 RECV_TIMEOUT_MS = 2000
 # The load clients do not send sipp's BYE (or CANCEL) for a call it aborts (a REGISTER answered
-# 503, or unanswered for RECV_TIMEOUT_MS): no registering UA does, and against sipserver each 503
-# then brought an in-dialog BYE (To tag of the 503) that took the full proxy path, so shedding
-# cost more than serving. compare.sh's sweeps keep sipp's default.
+# 503, or unanswered for RECV_TIMEOUT_MS): no registering UA does. (Against sipserver before
+# 2026-12-06 each 503 then brought an in-dialog BYE (To tag of the 503) that took the full proxy
+# path; it is answered 481 from its bytes now, --sipp-bye measures that.) compare.sh's sweeps keep
+# sipp's default.
 NO_BYE = ["-default_behaviors", "all,-bye"]
 PER_SIPP = {"reg_udp": 25000, "reg_tcp": 25000, "calls": 5000}   # compare.sh's SWEEP_*_RATE
 CALLEE_RATE = 5000
 CALLEES = 500
 EXTRA_TOML = ""  # --sipserver-toml: lines added to the [limits] table of sipserver's configuration
-# compare.sh --capacity, 2026-12-05 18:45 UTC (docs/performance.md "Capacity at saturation")
+# compare.sh --capacity, 2026-12-06 03:18 UTC (docs/performance.md "Capacity at saturation";
+# the machine did about a quarter less per CPU second for both servers than on 2026-12-05)
 DEFAULT_CAPACITY = {
-    ("reg_udp", "sipserver"): 4790, ("reg_udp", "kamailio"): 18040,
-    ("reg_tcp", "sipserver"): 5350, ("reg_tcp", "kamailio"): 13290,
-    ("calls", "sipserver"): 800, ("calls", "kamailio"): 2430,
+    ("reg_udp", "sipserver"): 3750, ("reg_udp", "kamailio"): 12030,
+    ("reg_tcp", "sipserver"): 3570, ("reg_tcp", "kamailio"): 9280,
+    ("calls", "sipserver"): 540, ("calls", "kamailio"): 2190,
 }
 
 

@@ -9,7 +9,7 @@
 #       [--capacity reg_udp:sipserver=4790,...] [--step-dur 8] [--no-recovery] [--keep] [--plot FILE]
 #       [--sipserver-toml 'overload_queue_delay = 0.1'] [--from-output SAVED_STDOUT]
 #
-# The capacities are passed in (defaults: compare.sh --capacity of 2026-12-05, see
+# The capacities are passed in (defaults: compare.sh --capacity of 2026-12-06 03:18 UTC, see
 # docs/performance.md), not measured; `scripts/bench/compare.sh --capacity` measures them.
 # Servers, clients and sipp scenarios are compare.sh's (scripts/bench/compare/*.xml,
 # scripts/bench/kamailio/kamailio.cfg), but sipp sends no BYE/CANCEL for a call it aborts (a
