@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from .runtime import Server
     from .transport.listeners import BoundListener
 
-__all__ = ["Cluster", "NodeInfo", "node_address"]
+__all__ = ["Cluster", "NodeInfo", "node_address", "own_prefix"]
 
 log = logging.getLogger("sipserver.cluster")
 
@@ -323,10 +323,14 @@ class Cluster:
             if not first:
                 snapshot = self._snapshot(client)
                 trio.from_thread.run_sync(self._resync, snapshot, trio_token=token)
+            own = own_prefix(self.node_id)
             while True:
                 msg = pubsub.get_message(timeout=1.0)
                 if msg is not None and msg.get("type") == "message":
-                    trio.from_thread.run_sync(self.apply_message, msg["data"], trio_token=token)
+                    data = msg["data"]
+                    if (data if isinstance(data, bytes) else str(data).encode()).startswith(own):
+                        continue  # this node's own batch: already in its view; no loop time
+                    trio.from_thread.run_sync(self.apply_message, data, trio_token=token)
         finally:
             pubsub.close()
             client.close()
@@ -405,6 +409,13 @@ class Cluster:
         return {"node": self.node_id, "redis": "ok" if self.redis_ok else "unreachable", "nodes": nodes,
                 "unowned_bindings": counts.get("-", 0), "changes_applied": self.changes_applied,
                 "bindings_removed": self.bindings_removed}
+
+
+def own_prefix(node_id: str) -> bytes:
+    """How a change notification of ``node_id`` begins (``redis_store.change_message`` writes the
+    node first): a node skips its own batches in the listener thread, before the JSON decoding
+    and the hop to the event loop (each batch reaches every subscriber, its writer included)."""
+    return ('{"node":' + json.dumps(node_id) + ",").encode()
 
 
 def _glob_escape(text: str) -> str:
