@@ -154,13 +154,23 @@ def is_token(text: str) -> bool:
     return bool(text) and _TOKEN_CHARS.issuperset(text)
 
 
+# A comma-separated element of a value without quoted strings: runs of text and <...> (an
+# unclosed < runs to the end, as in the character loop of ``split_commas``).
+_ANGLE_PARTS = re.compile(r"(?:[^,<]+|<[^>]*>?)+")
+
+
 def split_commas(value: str) -> list[str]:
     """Split a header value at commas outside quoted strings and <...>; values are stripped."""
     if "," not in value:
         v = value.strip()
         return [v] if v else []
-    if '"' not in value and "<" not in value:
-        return [v for v in (p.strip() for p in value.split(",")) if v]
+    if '"' not in value:
+        if "<" not in value:
+            return [v for v in (p.strip() for p in value.split(",")) if v]
+        # Route/Record-Route/Path lists: no quoted strings, so only <...> shields a comma. One
+        # regular expression instead of the loop below (a call's long Record-Route values made
+        # that loop 7% of the server's time, py-spy at 400 calls/s).
+        return [v for v in (p.strip() for p in _ANGLE_PARTS.findall(value)) if v]
     parts: list[str] = []
     start = 0
     in_quotes = False

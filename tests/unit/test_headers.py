@@ -109,10 +109,37 @@ def test_is_digits_is_ascii_only() -> None:
         ('"a \\" , b" <sip:x@y>,<sip:z@y>', ['"a \\" , b" <sip:x@y>', "<sip:z@y>"]),
         ("<sip:a@b>,", ["<sip:a@b>"]),  # the RFC 7118 F6 trailing comma
         ('<sip:a@b>;p="x,y",<sip:c@d>', ['<sip:a@b>;p="x,y"', "<sip:c@d>"]),
+        # No quoted string (the regular-expression path): Route / Record-Route / Path lists.
+        ("<sip:p1;lr>,<sip:p2;lr;ftok=a,b>, <sip:p3>", ["<sip:p1;lr>", "<sip:p2;lr;ftok=a,b>", "<sip:p3>"]),
+        ("<sip:a@b>;q=0.5 , x, <sip:c>>,d", ["<sip:a@b>;q=0.5", "x", "<sip:c>>", "d"]),
+        ("<sip:open,ended", ["<sip:open,ended"]),  # an unclosed < shields the rest
+        ("a<b,c>d,e", ["a<b,c>d", "e"]),
     ],
 )
 def test_split_commas(value: str, parts: list[str]) -> None:
     assert split_commas(value) == parts
+
+
+def _split_reference(value: str) -> list[str]:
+    """Character by character, as RFC 3261 §7.3.1 reads a list: commas inside <...> belong
+    to the element (quoted strings are not generated below)."""
+    parts, start, angle = [], 0, False
+    for i, ch in enumerate(value):
+        if angle:
+            angle = ch != ">"
+        elif ch == "<":
+            angle = True
+        elif ch == ",":
+            parts.append(value[start:i].strip())
+            start = i + 1
+    parts.append(value[start:].strip())
+    return [p for p in parts if p]
+
+
+@settings(max_examples=2000)
+@given(st.text(alphabet="ab,<> ;=", max_size=24))
+def test_split_commas_without_quotes_matches_the_character_reading(value: str) -> None:
+    assert split_commas(value) == _split_reference(value)
 
 
 def test_split_commas_unterminated_quote() -> None:
