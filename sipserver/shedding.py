@@ -39,14 +39,10 @@ async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
     if SHED_TAG in data:  # the tag of a byte-level 503: its ACK, or a request "in" its dialog
         if acks_shed_503(data):
             return True
-        resp = in_shed_dialog(data, flow.remote, (server.cfg.server.server_header or "").encode())
+        resp = in_shed_dialog(data, flow.remote, _server_header(server))
         if resp is not None:
             server.count("overload_shed_dialog_481")
-            try:
-                await server.flows.send(flow, resp)
-            except FlowGone:
-                pass
-            server.metrics.response_sent(481)
+            await _send_stateless(server, flow, resp, 481)
             return True
     shedder: Shedder = server.shedder
     now = server.clock.now()
@@ -64,7 +60,7 @@ async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
     servers = server.transactions._servers  # the §17.2.3 key table, read-only here
     resp = early_503(
         data, flow.remote, server.cfg.limits.overload_retry_after,
-        servers.__contains__, (server.cfg.server.server_header or "").encode(),
+        servers.__contains__, _server_header(server),
     )
     if resp is None:
         shedder.untake()  # not a new request, or unsure: the runtime's check decides if it is
@@ -72,9 +68,19 @@ async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
     server.count("overload_rejected")
     server.count("overload_rejected_early")
     overload_warning(server, now)
+    await _send_stateless(server, flow, resp, 503)
+    return True
+
+
+def _server_header(server: Any) -> bytes:
+    return (server.cfg.server.server_header or "").encode()
+
+
+async def _send_stateless(server: Any, flow: Any, resp: bytes, status: int) -> None:
+    """A response built from bytes goes out once, like any stateless one (RFC 3261 §8.2.6):
+    a flow gone meanwhile loses it."""
     try:
         await server.flows.send(flow, resp)
     except FlowGone:
         pass
-    server.metrics.response_sent(503)
-    return True
+    server.metrics.response_sent(status)
