@@ -112,13 +112,17 @@ class _ServerTransaction(TransactionMachine):
         self.last_response = response
         return [Send(response)]
 
-    def _send_final(self, response: Response, now: float) -> list[Action]:
+    def _send_final(self, response: Response, now: float, *, lingers: bool = True) -> list[Action]:
         """Send a final response. From here on the request and the response are kept only to
         match and answer retransmissions, so both shrink to their bytes (``freeze``: the
-        response is serialised there, once, and sent as those bytes every time)."""
+        response is serialised there, once, and sent as those bytes every time). A transaction
+        that does not linger (non-INVITE over a reliable transport: timer J is 0, RFC 3261
+        §17.2.2) leaves its request as it is: serialising it again only to drop it was 3% of
+        the CPU of REGISTERs over TCP (py-spy)."""
         self.last_response = response
         response.freeze()
-        self.request.freeze()
+        if lingers:
+            self.request.freeze()
         return [Send(response)]
 
     def _resend_last(self, request: Request, now: float) -> list[Action]:
@@ -243,8 +247,9 @@ class NonInviteServerTransaction(_ServerTransaction):
         super().__init__(reliable, timers, St.TRYING, context, {}, request, key, legacy, None)
 
     def _final(self, response: Response, now: float) -> list[Action]:
-        self._arm(In.TIMER_J, now, self.timers.timer_j(self.reliable))
-        return self._send_final(response, now)
+        timer_j = self.timers.timer_j(self.reliable)
+        self._arm(In.TIMER_J, now, timer_j)
+        return self._send_final(response, now, lingers=timer_j > 0)
 
     TRANSITIONS: ClassVar[Transitions] = {
         (St.TRYING, In.REQUEST): (TransactionMachine._nothing, St.TRYING),

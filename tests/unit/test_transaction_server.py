@@ -245,6 +245,18 @@ def test_non_invite_over_tcp_j_is_zero() -> None:
     assert txn.send_response(ok, T0) == [Send(ok), Terminated()]
 
 
+@pytest.mark.parametrize("reliable", [False, True])
+def test_only_a_lingering_transaction_shrinks_its_request_to_bytes(reliable: bool) -> None:
+    """RFC 3261 §17.2.2: over UDP the request is kept for timer J (64*T1) to match
+    retransmissions, so it is reduced to its bytes; over TCP the transaction ends with its final
+    response and the request is not serialised again only to be dropped."""
+    txn = nist(reliable=reliable)
+    ok = answer(txn, 200)
+    txn.send_response(ok, T0)
+    assert ok._frozen is not None  # the response is sent as its serialised bytes either way
+    assert (txn.request._frozen is not None) is (not reliable)
+
+
 @pytest.mark.parametrize("after", [None, 100, 200])
 def test_non_invite_server_transport_error(after: int | None) -> None:
     txn = nist()
