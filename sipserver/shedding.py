@@ -3,7 +3,6 @@ of ``shed.early_503`` and its sending, before a message is parsed."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from .overload import Shedder
@@ -16,19 +15,19 @@ _NOT_NEW = (b"SIP/", b"ACK ", b"CANCEL ")
 
 
 def overload_warning(server: Any, now: float) -> None:
-    """The (rate-limited) log line of a shed request: which wait was too long. (The budget is
-    asked first: while shedding this runs for every shed request.)"""
-    budget = server._overload_log
-    if budget.allow(logging.WARNING):
-        budget._logger.warning(
-            "overload: requests waited %.0f ms in the socket queues (UDP, TCP), the event loop "
-            "ran %.0f ms late and replies waited %.0f ms for the location store "
-            "(limits.overload_queue_delay = %.0f ms); answering a share of new requests 503 "
-            "with Retry-After: %d until they drain",
+    """The (rate-limited) log line of a shed request: which wait was too long. Its figures are
+    read only when the line is written: while shedding this runs for every shed request."""
+    server._overload_log.warning_of(
+        "overload: requests waited %.0f ms in the socket queues (UDP, TCP), the event loop ran "
+        "%.0f ms late and replies waited %.0f ms for the location store "
+        "(limits.overload_queue_delay = %.0f ms); answering a share of new requests 503 with "
+        "Retry-After: %d until they drain",
+        lambda: (
             max(server.flows.udp_queue_delay, server.flows.stream_queue_delay) * 1000,
             server.loop_lag.lag * 1000, server.commit.age(now) * 1000, server.shedder.limit * 1000,
             server.cfg.limits.overload_retry_after,
-        )
+        ),
+    )
 
 
 async def shed_early(server: Any, flow: Any, data: bytes) -> bool:

@@ -89,6 +89,12 @@ class LogBudget:
         if self.allow(logging.WARNING):
             self._logger.warning(msg, *args, stacklevel=2)
 
+    def warning_of(self, msg: str, make_args: Callable[[], tuple[object, ...]]) -> None:
+        """``warning`` whose arguments are computed only when the line is written: for a
+        warning raised on a per-message path (overload shedding), where most are counted."""
+        if self.allow(logging.WARNING):
+            self._logger.warning(msg, *make_args(), stacklevel=2)
+
     def flush(self) -> None:
         """Write the count of the events not written since the last flush, if any (called when
         a new window starts, and by the runtime's timer so a quiet period does not hold it)."""

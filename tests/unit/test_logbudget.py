@@ -91,3 +91,19 @@ def test_budget_rejects_nonpositive_rates() -> None:
         LogBudget(logging.getLogger("test.budget"), "x", per_second=0)
     with pytest.raises(ValueError):
         LogBudget(logging.getLogger("test.budget"), "x", window=0)
+
+
+def test_warning_of_computes_its_figures_only_for_a_written_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.budget")
+    clock = Clock()
+    budget = LogBudget(logging.getLogger("test.budget"), "overload", per_second=1, clock=clock)
+    made: list[int] = []
+
+    def figures() -> tuple[object, ...]:
+        made.append(1)
+        return (len(made),)
+
+    for _ in range(5):
+        budget.warning_of("overload %d", figures)
+    assert made == [1]  # four counted, none computed
+    assert _lines(caplog) == ["overload 1"]
