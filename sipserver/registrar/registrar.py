@@ -67,28 +67,35 @@ MAX_TEMP_GRUUS = 8
 _DROPPED_CONTACT_PARAMS = frozenset({"expires", "pub-gruu", "temp-gruu"})
 
 
-def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be a positive integer")
+_POSITIVE_SETTINGS = ("min_expires", "max_expires", "default_expires", "flow_timer", "flow_timer_udp",
+                      "max_bindings_per_aor")
 
 
 @attrs.frozen(slots=True)
 class RegistrarSettings:
-    """Registrar policy (the lead maps ``[registrar]`` onto it)."""
+    """Registrar policy (the lead maps ``[registrar]`` onto it).
 
-    min_expires: int = attrs.field(default=60, validator=_positive)
-    max_expires: int = attrs.field(default=7200, validator=_positive)
-    default_expires: int = attrs.field(default=3600, validator=_positive)
-    flow_timer: int = attrs.field(default=120, validator=_positive)
+    Plain defaults and one check after init rather than ``attrs.field`` validators: the mypyc
+    build (sipserver/native.py) cannot compile a class attribute whose value is a field
+    definition."""
+
+    min_expires: int = 60
+    max_expires: int = 7200
+    default_expires: int = 3600
+    flow_timer: int = 120
     #: RFC 5626 §4.4.1: the keepalive interval must keep the NAT binding; UDP ones are short.
-    flow_timer_udp: int = attrs.field(default=25, validator=_positive)
+    flow_timer_udp: int = 25
     outbound_without_first_hop: bool = False
     gruu: bool = True
     require_instance: bool = False
     #: Most live bindings one AoR may hold; a REGISTER that would exceed it gets 403.
-    max_bindings_per_aor: int = attrs.field(default=100, validator=_positive)
+    max_bindings_per_aor: int = 100
 
     def __attrs_post_init__(self) -> None:
+        for name in _POSITIVE_SETTINGS:
+            value: object = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer")
         if not self.min_expires <= self.default_expires <= self.max_expires:
             raise ValueError("need min_expires <= default_expires <= max_expires")
 
@@ -147,8 +154,8 @@ class RegisterResult:
     it (outbound or not)."""
 
     response: Response
-    changes: list[Change] = attrs.field(factory=list)
-    events: list[RegistrarEvent] = attrs.field(factory=list)
+    changes: list[Change]
+    events: list[RegistrarEvent]
     outbound_flow: bool = False
     flow_token: str | None = None
     aor: str | None = None
@@ -190,10 +197,10 @@ class Registrar:
         try:
             return self._handle(req, flow, now, local_uri)
         except _Reject as rej:
-            return RegisterResult(self._error(req, rej.status, rej.detail, rej.headers))
+            return RegisterResult(self._error(req, rej.status, rej.detail, rej.headers), [], [])
         except ParseError as err:
             status = err.status if 400 <= err.status < 700 else 400
-            return RegisterResult(self._error(req, status, err.reason))
+            return RegisterResult(self._error(req, status, err.reason), [], [])
 
     def _error(
         self, req: Request, status: int, detail: str, headers: list[tuple[str, str]] | None = None
@@ -512,24 +519,30 @@ class Registrar:
             raise _Reject(403, f"too many contacts (limit {limit})")
 
 
-@attrs.define
 class _Context:
     """Per-request working state shared by the planning steps."""
 
-    req: Request
-    flow: Flow
-    now: float
-    local_uri: SipURI
-    aor: str
-    call_id: str
-    cseq: int
-    supported: frozenset[str]
-    received_path: tuple[str, ...] = ()
-    first_hop: bool = False
-    outbound_applied: bool = False
-    own_ob_path: str | None = None
-    _flow_token: str | None = attrs.field(default=None, init=False)
-    _origin: tuple[str, str, str | None] | None = attrs.field(default=None, init=False)
+    __slots__ = ("req", "flow", "now", "local_uri", "aor", "call_id", "cseq", "supported",
+                 "received_path", "first_hop", "outbound_applied", "own_ob_path", "_flow_token", "_origin")
+
+    def __init__(
+        self, req: Request, flow: Flow, now: float, local_uri: SipURI, aor: str, call_id: str, cseq: int,
+        supported: frozenset[str],
+    ) -> None:
+        self.req = req
+        self.flow = flow
+        self.now = now
+        self.local_uri = local_uri
+        self.aor = aor
+        self.call_id = call_id
+        self.cseq = cseq
+        self.supported = supported
+        self.received_path: tuple[str, ...] = ()
+        self.first_hop = False
+        self.outbound_applied = False
+        self.own_ob_path: str | None = None
+        self._flow_token: str | None = None
+        self._origin: tuple[str, str, str | None] | None = None
 
     def token(self, codec: FlowTokenEncoder) -> str:
         """The arrival flow's token, minted once per request."""

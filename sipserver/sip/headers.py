@@ -16,7 +16,6 @@ regex accepts.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import TypeVar
 
 from .errors import ParseError
@@ -63,7 +62,6 @@ SINGLE_VALUED = frozenset(
 _key_cache: dict[str, str] = {}
 
 # Hot-path constructors make objects with this and fill their slots directly.
-_new = object.__new__
 
 
 def header_key(name: str) -> str:
@@ -346,16 +344,7 @@ class Via:
             port = int(port_text)
             if port > 65535:
                 raise ParseError(f"Via port out of range in {raw[:80]!r}")
-        if cls is not Via:  # a subclass may have slots of its own to fill
-            return cls(raw, transport.upper(), host, port, _split_fast_params(ptext) if ptext else [])
-        # Filling the slots here saves the __init__ call on the hot path.
-        via = _new(Via)
-        via.raw = raw
-        via.transport = transport.upper()
-        via.host = host
-        via.port = port
-        via.params = _split_fast_params(ptext) if ptext else []
-        return via
+        return cls(raw, transport.upper(), host, port, _split_fast_params(ptext) if ptext else [])
 
     @classmethod
     def _parse_careful(cls, raw: str) -> Via:
@@ -481,26 +470,7 @@ class NameAddr:
 
     @classmethod
     def parse(cls: type[_NA], raw: str, where: str = "header") -> _NA:
-        m = _NAME_ADDR_FAST_RE.match(raw)
-        if m is None:
-            return cls(raw, *_parse_name_addr(raw, where))
-        quoted, token, uri_text, ptext, spec, spec_ptext = m.groups()
-        bracketed = spec is None
-        if not bracketed:
-            uri_text, ptext = spec, spec_ptext
-        params = _split_fast_params(ptext) if ptext else []
-        if cls is not NameAddr and cls is not Contact:  # may have slots of its own to fill
-            return cls(raw, quoted or token, uri_text, params, bracketed)
-        # Filling the slots here saves the __init__ call on the hot path (Contact.parse sets
-        # its own ``star``).
-        na = _new(cls)
-        na.raw = raw
-        na.display = quoted or token
-        na.uri_text = uri_text
-        na.params = params
-        na.bracketed = bracketed
-        na._uri = None
-        return na
+        return _name_addr(cls, raw, where)
 
     @property
     def uri(self) -> URI:
@@ -614,9 +584,18 @@ def _parse_name_addr(
     return display, uri_text, params, bracketed
 
 
-# NameAddr.parse without the classmethod binding, so Contact.parse can build a Contact with it
-# directly (no super() lookup per value).
-_parse_contact: Callable[[type[Contact], str, str], Contact] = NameAddr.parse.__func__  # type: ignore[attr-defined]
+def _name_addr(cls: type[_NA], raw: str, where: str) -> _NA:
+    """NameAddr.parse for any subclass; Contact.parse calls it directly (a plain function, so
+    the mypyc build needs no ``super()`` inside a classmethod)."""
+    m = _NAME_ADDR_FAST_RE.match(raw)
+    if m is None:
+        return cls(raw, *_parse_name_addr(raw, where))
+    quoted, token, uri_text, ptext, spec, spec_ptext = m.groups()
+    bracketed = spec is None
+    if not bracketed:
+        uri_text, ptext = spec, spec_ptext
+    return cls(raw, quoted or token, uri_text, _split_fast_params(ptext) if ptext else [], bracketed)
+
 
 _Q_RE = re.compile(r"[0-9]{1,5}(?:\.[0-9]{0,5})?\Z")
 
@@ -647,9 +626,7 @@ class Contact(NameAddr):
     def parse(cls, raw: str, where: str = "Contact") -> Contact:
         if "*" in raw and raw.strip() == "*":
             return cls(raw, None, "*", [], False, star=True)
-        contact = _parse_contact(cls, raw, where)
-        contact.star = False
-        return contact
+        return _name_addr(cls, raw, where)  # __init__ sets ``star`` False
 
     @property
     def expires(self) -> int | None:
@@ -725,12 +702,8 @@ class CSeq:
     @classmethod
     def parse(cls, raw: str) -> CSeq:
         m = _CSEQ_FAST_RE.match(raw)
-        if m is not None and cls is CSeq:
-            seq, method = m.groups()
-            cseq = _new(CSeq)
-            cseq.seq = int(seq)
-            cseq.method = method
-            return cseq
+        if m is not None:
+            return cls(int(m[1]), m[2])
         parts = raw.split()
         if len(parts) != 2:
             raise ParseError(f"malformed CSeq {raw[:60]!r}")

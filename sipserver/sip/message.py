@@ -95,8 +95,8 @@ class Message:
         self._init_state(headers, body)
 
     def _init_state(self, headers: list[Header] | None, body: bytes) -> None:
-        """Every slot of ``Message`` in one place (the parser makes messages without
-        ``__init__``, through ``Request._parsed`` / ``Response._parsed``)."""
+        """Every slot of ``Message`` in one place (``freeze`` resets them all; the parser's
+        ``Request._parsed`` / ``Response._parsed`` then mark the headers as not made yet)."""
         self._headers = headers
         # Set by the parser: the raw header lines (continuations joined); the index (key ->
         # value of its first line, and key -> values of all its lines for the keys that have
@@ -643,13 +643,8 @@ class Request(Message):
     @classmethod
     def _parsed(cls, method: str, uri_text: str, start: str) -> Request:
         """A request as the parser starts it: no headers yet, start line as received."""
-        req = object.__new__(cls)
-        req._init_state(None, b"")
-        req.method = method
-        req.uri_text = uri_text
-        req._uri = None
-        req.version = "SIP/2.0"
-        req._start = start
+        req = cls(method, uri_text, None, b"", start=start)
+        req._headers = None
         return req
 
     @property
@@ -708,12 +703,8 @@ class Response(Message):
     @classmethod
     def _parsed(cls, status: int, reason: str, start: str) -> Response:
         """A response as the parser starts it: no headers yet, status line as received."""
-        resp = object.__new__(cls)
-        resp._init_state(None, b"")
-        resp.status = status
-        resp.reason = reason
-        resp.version = "SIP/2.0"
-        resp._start = start
+        resp = cls(status, reason, None, b"", start=start)
+        resp._headers = None
         return resp
 
     def start_line(self) -> str:

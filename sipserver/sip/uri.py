@@ -24,7 +24,6 @@ _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 # host: hostname / IPv4 / [IPv6]
 _HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?|[A-Za-z0-9])\Z")
 _BAD_URI_CHARS = frozenset(' \t\r\n<>"')
-_new = object.__new__
 
 # The common shape of a sip/sips URI. Every character class here is a subset of what the careful
 # path accepts in the same place, and none contains a character the careful path splits on before
@@ -285,18 +284,7 @@ def parse_uri(text: str) -> URI:
                 port = int(port_text)
                 if port > 65535:
                     raise ParseError(f"malformed URI {text[:80]!r}: bad port {port_text!r}")
-            # Filling the slots here saves the __init__ call on the hot path.
-            uri = _new(SipURI)
-            uri.scheme = scheme
-            uri.user = user
-            uri.password = None
-            uri.host = host
-            uri.port = port
-            uri._params = None
-            uri._ptext = ptext
-            uri.headers = None
-            uri._text = text
-            return uri
+            return SipURI(scheme, user, None, host, port, None, None, text, lazy_params=ptext)
     colon = text.find(":")
     if colon <= 0:
         raise ParseError(f"malformed URI {text[:80]!r}: no scheme")
