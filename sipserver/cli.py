@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from sipserver import __version__
+from sipserver import __version__, native
 from sipserver.config import (
     Config,
     ConfigError,
@@ -144,7 +144,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="SIP Outbound (RFC 5626) edge proxy and registrar.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}; {native.status()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the server", description="Run the server.")

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from . import parts
+from . import native, parts
 from .auth.credentials import CredentialStore
 from .clock import Clock
 from .config import Config
@@ -173,6 +173,7 @@ class Server:
                     self.mgmt_address = await nursery.start(serve_management, self)
                 for bl in self.listeners:
                     log.info("listening on %s", bl)
+                log.info("code: %s", native.status())
                 if self.gate is None:
                     log.warning(
                         "authentication is OFF: anyone can register any user of the served domains "

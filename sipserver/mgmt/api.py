@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from sipserver import __version__
+from sipserver import __version__, native
 from sipserver.outbound.flow import CloseCause
 from sipserver.outbound.flowtoken import InvalidToken
 from sipserver.registrar import RemovalCause
@@ -129,6 +129,7 @@ class ManagementApi:
             "domains": list(s.cfg.server.domains),
             "auth": bool(s.auth_enabled),
             "store": s.cfg.store.backend,
+            "code": native.status(),
         }
 
     async def info(self, req: HttpRequest) -> HttpResponse:

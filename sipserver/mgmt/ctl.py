@@ -274,6 +274,7 @@ def _info(client: MgmtClient, args: Any, as_json: bool) -> None:
         ["domains", " ".join(data["domains"])],
         ["auth", data["auth"]],
         ["store", data["store"]],
+        ["code", data.get("code", "?")],
     ]
     _print(format_table(["KEY", "VALUE"], rows))
 

@@ -386,7 +386,11 @@ def test_ctl_table_and_duration_formatting() -> None:
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"sipserver {sipserver.__version__}"
+    version, code = capsys.readouterr().out.strip().split("; ", 1)
+    assert version == f"sipserver {sipserver.__version__}"
+    # which code runs: the mypyc build of sipserver/native.py or pure Python, and why
+    assert code == sipserver.native.status()
+    assert code.startswith(("compiled with mypyc: ", "pure Python"))
 
 
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -313,7 +314,22 @@ def report(results_tsv: str, capacity_tsv: str | None = None) -> None:
             "WARNING: other processes used the CPU during the runs marked MACHINE_BUSY;"
             " their figures are not clean."
         )
+    if keys:
+        status = sipserver_code()
+        print(f"sipserver code: {status}")
+        keys.append("sipserver_code=" + ("mypyc" if status.startswith("compiled") else "pure"))
     print(" ".join(keys) if keys else "no_results=1")
+
+
+def sipserver_code() -> str:
+    """What the benchmarked sipserver ran: the mypyc build or pure Python (sipserver/native.py),
+    asked of this interpreter and environment, which started the server."""
+    try:
+        out = subprocess.run([sys.executable, "-c", "import sipserver.native as n; print(n.status())"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+    return out.stdout.strip() or f"unknown ({out.stderr.strip()[-200:]})"
 
 
 def report_fixed(results_tsv: str) -> tuple[list[str], bool]:
