@@ -766,7 +766,7 @@ async def test_webphones_in_headless_chromium_register_and_call(
 
 async def test_binding_kinds_and_nat_keepalives_are_metrics(tmp_path: Path) -> None:
     """Issue 17: bindings by kind, and the server-sent keepalives, are visible as metrics."""
-    async with running_server(tmp_path, mgmt=MGMT, nat={"keepalive_interval": 1.0}) as server:
+    async with running_server(tmp_path, mgmt=MGMT, nat={"keepalive": True, "keepalive_interval": 1.0}) as server:
         bob = await TcpUA.open(addr(server, "tcp"))
         await reg_ok(bob, "bob", instance=INST_B, reg_id=1)
         alice = await UdpUA.open(addr(server, "udp"))
