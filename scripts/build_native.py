@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"build-native: {missing}; pure Python runs", file=sys.stderr)
             return 0
-        print(f"build-native: {why}; compiling the hot modules with mypyc (about half a minute)", file=sys.stderr)
+        print(f"build-native: {why}; compiling the hot modules with mypyc (under a minute)", file=sys.stderr)
     try:
         from mypyc.build import mypycify
         from setuptools import setup

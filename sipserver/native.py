@@ -26,10 +26,10 @@ from pathlib import Path
 from types import ModuleType
 
 # The modules compiled by scripts/build-native: the message model and parser, the registrar's
-# REGISTER procedure (together about half of a REGISTER's event-loop time) and the sans-IO
-# helpers mypyc compiles unchanged. The location store, transaction machines, flow tokens and
-# proxy procedure use ``attrs.field`` definitions and class-body tables mypyc cannot compile
-# today (docs/performance.md, "mypyc"). transaction/timers.py compiles but is left out: compiled
+# REGISTER procedure and location store, the proxy procedure and its route processing, and the
+# sans-IO helpers mypyc compiles unchanged. The transaction machines and flow tokens use
+# ``attrs.field`` definitions and class-body transition tables mypyc cannot compile today
+# (docs/performance.md, "mypyc"). transaction/timers.py compiles but is left out: compiled
 # code checks declared types, so a string for a timer would raise TypeError, not the
 # TransactionError its check gives; it runs once per start, nothing is gained.
 MODULES: tuple[str, ...] = (
@@ -47,9 +47,12 @@ MODULES: tuple[str, ...] = (
     "sipserver.transaction.table",
     "sipserver.registrar.binding",
     "sipserver.registrar.gruu",
+    "sipserver.registrar.store",
     "sipserver.registrar.registrar",
     "sipserver.proxy.selection",
     "sipserver.proxy.targets",
+    "sipserver.proxy.routing",
+    "sipserver.proxy.procedure",
 )
 # mypyc puts the code of all modules in one shared library (``sipserver._native__mypyc``);
 # each module's own extension is a stub that imports it.

@@ -118,26 +118,55 @@ def _reply(refusal: Refusal) -> Reply:
     return Reply(refusal.status, refusal.reason, refusal.headers)
 
 
-@attrs.define
+def _no_node(node: str) -> SipURI | None:
+    return None
+
+
 class ProxyCore:
     """What this server does with each request: its identity, the location store (read, and
-    written only through the registrar), the flow-token codec and, with auth on, the gate."""
+    written only through the registrar), the flow-token codec and, with auth on, the gate.
 
-    settings: ProxySettings
-    identity: LocalIdentity
-    codec: FlowTokenCodec
-    store: LocationStore
-    gate: AuthGate | None
-    flow_alive: Callable[[Flow], bool]
-    local_uri: Callable[[Flow], SipURI]  # our URI on a flow's listener (Record-Route)
-    # Flow token of a dead flow -> the outbound binding (AoR, instance, reg-id) it carried, so
-    # a dialog survives the phone reconnecting (``_replacement``). Bounded: an attacker can
-    # make flows die, not make this table grow.
-    retired: LruTable[str, BindingKey] = attrs.field(factory=lambda: LruTable(65536))
-    # bindings whose skipping was logged once (``_lookup``)
-    _skipped_log: LruTable[BindingKey, bool] = attrs.field(factory=lambda: LruTable(4096))
-    #: issue 20: the address of a live node of the cluster (None: unknown or dead)
-    node_address: Callable[[str], SipURI | None] = attrs.field(default=lambda node: None)
+    A plain slotted class, not attrs with ``attrs.field(factory=...)``: the mypyc build
+    (sipserver/native.py) cannot compile a class attribute whose value is a field definition."""
+
+    __slots__ = (
+        "settings",
+        "identity",
+        "codec",
+        "store",
+        "gate",
+        "flow_alive",
+        "local_uri",
+        "retired",
+        "_skipped_log",
+        "node_address",
+    )
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        identity: LocalIdentity,
+        codec: FlowTokenCodec,
+        store: LocationStore,
+        gate: AuthGate | None,
+        flow_alive: Callable[[Flow], bool],
+        local_uri: Callable[[Flow], SipURI],
+    ) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.codec = codec
+        self.store = store
+        self.gate = gate
+        self.flow_alive = flow_alive
+        self.local_uri = local_uri  # our URI on a flow's listener (Record-Route)
+        # Flow token of a dead flow -> the outbound binding (AoR, instance, reg-id) it carried,
+        # so a dialog survives the phone reconnecting (``_replacement``). Bounded: an attacker
+        # can make flows die, not make this table grow.
+        self.retired: LruTable[str, BindingKey] = LruTable(65536)
+        # bindings whose skipping was logged once (``_lookup``)
+        self._skipped_log: LruTable[BindingKey, bool] = LruTable(4096)
+        #: issue 20: the address of a live node of the cluster (None: unknown or dead)
+        self.node_address: Callable[[str], SipURI | None] = _no_node
 
     # ------------------------------------------------------------------ responses
     def response(

@@ -29,16 +29,31 @@ KNOWN_METHODS = frozenset(
 )
 
 
-@attrs.define
 class LocalIdentity:
-    """Who "we" are: addresses, ports and domains this server answers for."""
+    """Who "we" are: addresses, ports and domains this server answers for.
 
-    hosts: set[str] = attrs.field(factory=set)
-    ports: set[int] = attrs.field(factory=set)
-    domains: set[str] = attrs.field(factory=set)
-    #: this node's name in a cluster ("" alone); salts the loop hash of our Via branches, since
-    #: nodes of one cluster share hosts (and, with --workers, ports) yet are distinct hops
-    node: str = ""
+    A plain slotted class, not attrs with ``attrs.field(factory=...)``: the mypyc build
+    (sipserver/native.py) cannot compile a class attribute whose value is a field definition."""
+
+    __slots__ = ("hosts", "ports", "domains", "node")
+
+    def __init__(
+        self,
+        hosts: set[str] | None = None,
+        ports: set[int] | None = None,
+        domains: set[str] | None = None,
+        node: str = "",
+    ) -> None:
+        self.hosts: set[str] = set() if hosts is None else hosts
+        self.ports: set[int] = set() if ports is None else ports
+        self.domains: set[str] = set() if domains is None else domains
+        #: this node's name in a cluster ("" alone); salts the loop hash of our Via branches,
+        #: since nodes of one cluster share hosts (and, with --workers, ports) yet are distinct
+        #: hops
+        self.node = node
+
+    def __repr__(self) -> str:
+        return f"LocalIdentity(hosts={self.hosts!r}, ports={self.ports!r}, domains={self.domains!r}, node={self.node!r})"
 
     def add_host(self, host: str) -> None:
         self.hosts.add(host.lower().strip("[]"))

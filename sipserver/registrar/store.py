@@ -89,20 +89,37 @@ def _host_of(aor: str) -> str:
     return aor.rpartition("@")[2]
 
 
-@attrs.define
 class LocationStore:
-    """In-memory location service: O(1) per change, O(k) per lookup of an AoR with k bindings."""
+    """In-memory location service: O(1) per change, O(k) per lookup of an AoR with k bindings.
 
-    _bindings: dict[BindingKey, Binding] = attrs.field(factory=dict, init=False)
-    # Indexes by AoR, flow token and instance; see ``_Keys`` for the form of their values.
-    _by_aor: dict[str, _Keys] = attrs.field(factory=dict, init=False)
-    _by_flow: dict[str, _Keys] = attrs.field(factory=dict, init=False)
-    _by_instance: dict[_Instance, _Keys] = attrs.field(factory=dict, init=False)
-    _temp_users: dict[str, _Instance] = attrs.field(factory=dict, init=False)
-    _instance_temps: dict[_Instance, set[str]] = attrs.field(factory=dict, init=False)
-    _seen_instances: set[_Instance] = attrs.field(factory=set, init=False)
-    # (expires_at, key); no tie-break counter, which would cost an int object per binding.
-    _heap: list[tuple[float, BindingKey]] = attrs.field(factory=list, init=False)
+    A plain slotted class, not attrs with ``attrs.field(factory=...)``: the mypyc build
+    (sipserver/native.py) cannot compile a class attribute whose value is a field definition."""
+
+    __slots__ = (
+        "_bindings",
+        "_by_aor",
+        "_by_flow",
+        "_by_instance",
+        "_temp_users",
+        "_instance_temps",
+        "_seen_instances",
+        "_heap",
+    )
+
+    def __init__(self) -> None:
+        self._bindings: dict[BindingKey, Binding] = {}
+        # Indexes by AoR, flow token and instance; see ``_Keys`` for the form of their values.
+        self._by_aor: dict[str, _Keys] = {}
+        self._by_flow: dict[str, _Keys] = {}
+        self._by_instance: dict[_Instance, _Keys] = {}
+        self._temp_users: dict[str, _Instance] = {}
+        self._instance_temps: dict[_Instance, set[str]] = {}
+        self._seen_instances: set[_Instance] = set()
+        # (expires_at, key); no tie-break counter, which would cost an int object per binding.
+        self._heap: list[tuple[float, BindingKey]] = []
+
+    def __repr__(self) -> str:
+        return f"<LocationStore {len(self._bindings)} bindings>"
 
     # ------------------------------------------------------------------ reads
     def get(self, key: BindingKey) -> Binding | None:

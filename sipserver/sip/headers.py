@@ -61,8 +61,6 @@ SINGLE_VALUED = frozenset(
 
 _key_cache: dict[str, str] = {}
 
-# Hot-path constructors make objects with this and fill their slots directly.
-
 
 def header_key(name: str) -> str:
     """Lower-case name with compact forms expanded: the key headers are matched by."""

@@ -32,7 +32,7 @@ UNIT_TESTS = [
     "tests/unit/test_parser_rfc4475.py", "tests/unit/test_parser_fuzz.py", "tests/unit/test_headers.py",
     "tests/unit/test_uri.py", "tests/unit/test_message_edit.py", "tests/unit/test_build.py",
     "tests/unit/test_framer.py", "tests/unit/test_registrar.py", "tests/unit/test_registrar_fast_response.py",
-    "tests/unit/test_native.py",
+    "tests/unit/test_location_store.py", "tests/unit/test_cluster_hop.py", "tests/unit/test_native.py",
 ]
 
 
@@ -93,6 +93,28 @@ def _status_line(data: bytes) -> str:
     return data.split(b"\r\n", 1)[0].decode()
 
 
+def _message(to: str, local: tuple[str, int]) -> bytes:
+    return (
+        f"MESSAGE sip:{to}@example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK-msg-{time.monotonic_ns()};rport\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"From: <sip:zed@example.com>;tag=fzed\r\n"
+        f"To: <sip:{to}@example.com>\r\n"
+        f"Call-ID: native-msg@test\r\n"
+        f"CSeq: 1 MESSAGE\r\n"
+        f"Content-Type: text/plain\r\n"
+        f"Content-Length: 5\r\n\r\nhello"
+    ).encode()
+
+
+def _ok_for(request: bytes) -> bytes:
+    """A UAS's 200 to ``request``: its Via, From, To (tagged), Call-ID and CSeq lines."""
+    head = request.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    keep = [line for line in head if line.split(b":", 1)[0].lower() in (b"via", b"from", b"call-id", b"cseq")]
+    to = next(line for line in head if line.lower().startswith(b"to:"))
+    return b"\r\n".join([b"SIP/2.0 200 OK", *keep, to + b";tag=uas", b"Content-Length: 0", b"", b""])
+
+
 def test_the_compiled_server_registers_and_rejects_bad_input(build: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIPSERVER_NATIVE_DIR", str(build))
@@ -106,6 +128,19 @@ def test_the_compiled_server_registers_and_rejects_bad_input(build: Path, tmp_pa
             reply = udp.recv(65535)
             assert _status_line(reply) == "SIP/2.0 200 OK"
             assert f"<sip:alice@127.0.0.1:{udp.getsockname()[1]};transport=udp>".encode() in reply
+            # a MESSAGE for alice goes through the compiled proxy procedure and routing to her
+            # socket, and her 200 back to the sender
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sender.settimeout(5)
+                sender.bind(("127.0.0.1", 0))
+                sender.sendto(_message("alice", sender.getsockname()), ("127.0.0.1", srv.port))
+                got = udp.recv(65535)
+                assert _status_line(got) == f"MESSAGE sip:alice@127.0.0.1:{udp.getsockname()[1]};transport=udp SIP/2.0"
+                assert got.endswith(b"\r\n\r\nhello")
+                udp.sendto(_ok_for(got), ("127.0.0.1", srv.port))
+                answer = sender.recv(65535)
+                assert _status_line(answer) == "SIP/2.0 200 OK"
+                assert b"CSeq: 1 MESSAGE" in answer
             # a request whose CSeq is not a number: 400 naming the header, not a crash
             bad = _register("bob", srv.port, "UDP", udp.getsockname()).replace(b"CSeq: 1 REGISTER", b"CSeq: x REGISTER")
             udp.sendto(bad, ("127.0.0.1", srv.port))
