@@ -33,33 +33,48 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "scripts" / "bench" / "runtime_bench.py"
-LINE = re.compile(r"^\s*([\d,]+)\s+\([^)]*\)\s+.*\[(.+)\]\s*$")
+OBJ = re.compile(r"\((\d+)\)(?:\s+(.*))?$")
 
 
 def buckets(out: Path) -> dict[str, int]:
-    """Self instructions per shared object, from callgrind_annotate's function list."""
-    text = subprocess.run(
-        ["callgrind_annotate", "--inclusive=no", "--threshold=100", str(out)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    """Self instructions per shared object, read from the callgrind file itself (the
+    ``ob=`` blocks; callgrind_annotate's listing leaves the object off many lines). A cost line
+    right after ``calls=`` is the inclusive cost of that call, counted where it was spent."""
+    names: dict[str, str] = {}
     sums = {"interp": 0, "native": 0, "libc": 0, "other": 0}
-    for line in text.splitlines():
-        m = LINE.match(line)
-        if not m:
-            continue
-        n = int(m.group(1).replace(",", ""))
-        obj = m.group(2)
-        if "libpython" in obj:
-            sums["interp"] += n
-        elif "_native__mypyc" in obj:
-            sums["native"] += n
-        elif "/libc.so" in obj:
-            sums["libc"] += n
-        else:
-            sums["other"] += n
+    bucket = "other"
+    after_call = False
+    with out.open() as f:
+        for line in f:
+            head = line[:1]
+            if head.isdigit() or head in "+-*":
+                if after_call:
+                    after_call = False
+                    continue
+                parts = line.split()
+                if len(parts) >= 2:
+                    sums[bucket] += int(parts[1])
+            elif line.startswith(("ob=", "cob=")):
+                m = OBJ.match(line.split("=", 1)[1].strip())
+                if m is None:
+                    continue
+                if m.group(2):
+                    names[m.group(1)] = m.group(2)
+                if line.startswith("ob="):
+                    bucket = _bucket(names.get(m.group(1), ""))
+            elif line.startswith("calls="):
+                after_call = True
     return sums
+
+
+def _bucket(obj: str) -> str:
+    if "libpython" in obj:
+        return "interp"
+    if "_native__mypyc" in obj:
+        return "native"
+    if "/libc.so" in obj:
+        return "libc"
+    return "other"
 
 
 def total(log: str) -> int:
@@ -79,7 +94,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.large <= args.small:
         ap.error("--large must be above --small")
-    if not shutil.which("valgrind") or not shutil.which("callgrind_annotate"):
+    if not shutil.which("valgrind"):
         print("valgrind not found: install it with 'apt-get install valgrind'", file=sys.stderr)
         return 2
     work = args.keep or Path(tempfile.mkdtemp(prefix="instr_bench."))

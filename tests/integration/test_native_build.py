@@ -115,8 +115,8 @@ def _ok_for(request: bytes) -> bytes:
     return b"\r\n".join([b"SIP/2.0 200 OK", *keep, to + b";tag=uas", b"Content-Length: 0", b"", b""])
 
 
-def test_the_compiled_server_registers_and_rejects_bad_input(build: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_compiled_server_registers_relays_and_rejects_bad_input(build: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIPSERVER_NATIVE_DIR", str(build))
     monkeypatch.delenv("SIPSERVER_PURE", raising=False)
     srv = ServerProcess(tmp_path)
@@ -129,7 +129,8 @@ def test_the_compiled_server_registers_and_rejects_bad_input(build: Path, tmp_pa
             assert _status_line(reply) == "SIP/2.0 200 OK"
             assert f"<sip:alice@127.0.0.1:{udp.getsockname()[1]};transport=udp>".encode() in reply
             # a MESSAGE for alice goes through the compiled proxy procedure and routing to her
-            # socket, and her 200 back to the sender
+            # socket (RFC 3261 §16.5-§16.6: the Request-URI becomes her registered Contact), and
+            # her 200 back to the sender (§16.7)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
                 sender.settimeout(5)
                 sender.bind(("127.0.0.1", 0))
