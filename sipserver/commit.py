@@ -43,6 +43,13 @@ class GroupCommit:
         # written (``age``, an overload signal).
         self._queued_since: float | None = None
         self._writing_since: float | None = None
+        # Seconds writes have been in flight in all (a running total), when the one in flight
+        # began, and the total at the moments ``_queued_since`` and ``_writing_since`` were
+        # taken: ``age_outside_writes`` leaves the writes' own time out.
+        self._write_time = 0.0
+        self._write_began: float | None = None
+        self._queued_mark = 0.0
+        self._writing_mark = 0.0
         self.sends: Any = None  # the FlowTable (cork / uncork: batched sends), set by the runtime
 
     @property
@@ -57,15 +64,45 @@ class GroupCommit:
         self._pending.extend(changes)
         if reply is not None:
             if not self._replies:
-                self._queued_since = trio.current_time()
+                now = trio.current_time()
+                self._queued_since = now
+                self._queued_mark = self._written_by(now)
             self._replies.append(reply)
         self._wake.set()
 
     def age(self, now: float) -> float:
         """Seconds the oldest held reply has waited for the disk (0 when none waits): the
-        group-commit queue's delay, one of the overload signals (issue 19)."""
+        location store's overload signal (``limits.overload_store_delay``, issue 19)."""
         since = self._writing_since if self._writing_since is not None else self._queued_since
         return 0.0 if since is None else max(0.0, now - since)
+
+    def age_outside_writes(self, now: float) -> float:
+        """``age`` without the time writes were in flight meanwhile: what the main process
+        itself made the oldest held reply wait (the 200s of a big batch go out 64 per turn of
+        a saturated event loop). One of the server's overload signals; a slow disk, whose
+        stalls are the writes' own time, does not raise it."""
+        if self._writing_since is not None:
+            since, mark = self._writing_since, self._writing_mark
+        elif self._queued_since is not None:
+            since, mark = self._queued_since, self._queued_mark
+        else:
+            return 0.0
+        return max(0.0, now - since - (self._written_by(now) - mark))
+
+    def _written_by(self, now: float) -> float:
+        """Seconds writes have been in flight, in all, by ``now``."""
+        began = self._write_began
+        return self._write_time + (now - began if began is not None else 0.0)
+
+    async def _write(self, puts: Any, deletes: Any) -> None:
+        """One batch to the writer, its time in flight counted (``age_outside_writes``)."""
+        assert self.writer is not None
+        began = self._write_began = trio.current_time()
+        try:
+            await self.writer.write_rows(puts, deletes)
+        finally:
+            self._write_time += trio.current_time() - began
+            self._write_began = None
 
     async def run(self) -> None:
         while True:
@@ -74,9 +111,10 @@ class GroupCommit:
             batch, self._pending = self._pending, []
             replies, self._replies = self._replies, []
             self._writing_since, self._queued_since = self._queued_since, None
+            self._writing_mark = self._queued_mark
             if batch and self.writer is not None:
                 try:
-                    await self.writer.write_rows(*batch_rows(batch))
+                    await self._write(*batch_rows(batch))
                 except PersistenceError as err:
                     log.error("writing %d binding changes failed: %s", len(batch), err)
                 except Exception:

@@ -930,14 +930,24 @@ class LimitsConfig:
     overload_queue_delay: float = _opt(
         0.05,
         _Float(0.0),
-        "Overload control: while requests wait longer than this many seconds in the UDP "
-        "socket's receive queue (the kernel's receive timestamp, Linux) or REGISTER replies wait "
-        "longer for the location store's group commit, new requests on any transport are "
-        "answered 503 Service Unavailable with Retry-After instead of being handled, which costs "
-        "a fraction of handling them, so the queues drain and the clients back off (RFC 3261 "
-        "§21.5.4); shedding stops when both waits are under a quarter of it. ACK, CANCEL, "
-        "in-dialog requests and retransmissions of requests already handled are never refused. "
-        "0 turns it off.",
+        "Overload control: while requests wait longer than this many seconds in the socket "
+        "queues (the kernel's receive timestamps of UDP datagrams and TCP bytes, Linux), the "
+        "event loop runs this late or REGISTER replies wait this long besides the location "
+        "store's writes, new requests on any transport are answered 503 Service Unavailable "
+        "with Retry-After instead of being handled, which costs a fraction of handling them, so "
+        "the queues drain and the clients back off (RFC 3261 §21.5.4); shedding stops when the "
+        "waits are under a quarter of it. ACK, CANCEL, in-dialog requests and retransmissions "
+        "of requests already handled are never refused. 0 turns it off.",
+    )
+    overload_store_delay: float = _opt(
+        1.0,
+        _Float(0.0),
+        "Overload control of the location store: while REGISTER replies are held longer than "
+        "this many seconds for the store's write (SQLite's fsync, Redis), new REGISTERs (and "
+        "only they: nothing else writes to the store) are answered 503 with Retry-After. Held "
+        "for the disk, a reply waits for at most two writes however many REGISTERs arrive, so "
+        "a slow disk is not an overload; this limit is above a slow disk's stalls and catches a "
+        "store that falls further behind with every write. 0 turns it off.",
     )
     overload_retry_after: int = _opt(
         10, _Int(1), "Retry-After seconds of the overload 503 (see overload_queue_delay)."

@@ -276,15 +276,16 @@ class RedisCommit(GroupCommit):
             replies, self._replies = self._replies, []
             # the overload signal (``age``) follows the held replies, as in GroupCommit.run
             self._writing_since, self._queued_since = self._queued_since, None
-            ok = await self._write(batch)
+            self._writing_mark = self._queued_mark
+            ok = await self._write_batch(batch)
             await self.send_replies(replies if ok else [(txn, self.unavailable(resp)) for txn, resp in replies])
             self._writing_since = None
 
-    async def _write(self, batch: list[Change]) -> bool:
+    async def _write_batch(self, batch: list[Change]) -> bool:
         if not batch or self.writer is None:
             return True
         try:
-            await self.writer.write_rows(*batch_rows(batch))
+            await self._write(*batch_rows(batch))
         except Exception as err:
             for change in batch:
                 self.unwritten.setdefault(change.key, change)  # newer ones queued meanwhile win

@@ -49,7 +49,7 @@ from .registrar import (
     survives_restart,
 )
 from .registrar import RemovalCause as StoreRemoval
-from .shedding import overload_warning, shed_early
+from .shedding import overload_warning, shed_early, shed_register
 from .sip import ParseError, Request, Response, make_response, parse_message
 from .sip.build import phrase_with_detail
 from .sip.framer import FramingError
@@ -111,6 +111,7 @@ class Server:
         self.media = MediaGlue(cfg.media, self.clock) if cfg.media.enabled else None  # issue 18
         self.limiter = parts.rate_limiter(cfg)
         self.shedder = Shedder(cfg.limits.overload_queue_delay)
+        self.store_shedder = Shedder(cfg.limits.overload_store_delay)  # REGISTERs (shedding.py)
         self.loop_lag = LoopLag()  # overload signal for every transport (WS, TLS included)
         self.nat = NatKeepalive(cfg.nat.keepalive_interval, cfg.nat.keepalive_failures)
         self.nat_keeper = NatKeeper(self)
@@ -122,6 +123,7 @@ class Server:
         self.tracer = Tracer()  # mgmt: POST /trace filters
         self.mgmt_address: tuple[str, int] | None = None  # bound mgmt listener (port 0 resolved)
         self._overload_log = warning_budget("overload")
+        self._store_log = warning_budget("location store overload")
         self._rate_log = warning_budget("rate limit")
         # Per-event INFO lines (bindings, closed flows) are capped per second; see logbudget.
         self._reg_log_budget = LogBudget(reg_log, "binding")
@@ -363,6 +365,8 @@ class Server:
         if self.shedder.limit > 0 and req.to_tag is None and self.shedder.overloaded(self._queue_delay(now), now):
             await self._shed(req, flow)  # in-dialog requests (BYE above all) end work: never shed
             return
+        if method == "REGISTER" and req.to_tag is None and await shed_register(self, req, flow, now):
+            return  # the location store falls behind (limits.overload_store_delay)
         cls = InviteServerTransaction if method == "INVITE" else NonInviteServerTransaction
         txn = cls(req, flow.transport.reliable, self.timers, now, context=response_flow(req, flow))
         self.transactions.add(txn)
@@ -401,16 +405,16 @@ class Server:
         retransmitting into it."""
         self.count("overload_rejected")
         retry = self.cfg.limits.overload_retry_after
-        overload_warning(self, self.clock.now())
+        overload_warning(self)
         await self.reply(req, flow, 503, "Service Unavailable (overload)", [("Retry-After", str(retry))])
 
     def _queue_delay(self, now: float) -> float:
         """The overload signal (issue 19): the longest of the socket queues' delays (kernel
-        receive timestamps, UDP and plain TCP), the event loop's lag while traffic flows
-        (every transport: WebSocket and TLS have no kernel timestamp) and the age of the
-        oldest REGISTER reply held for the group commit."""
+        receive timestamps, UDP and plain TCP), the event loop's lag (every transport) and the
+        oldest held REGISTER reply's wait outside the store's writes (shedding.shed_register)."""
         return max(
-            self.flows.udp_queue_delay, self.flows.stream_queue_delay, self.loop_lag.lag, self.commit.age(now)
+            self.flows.udp_queue_delay, self.flows.stream_queue_delay, self.loop_lag.lag,
+            self.commit.age_outside_writes(now),
         )
 
     async def _on_cancel(self, req: Request, flow: Flow) -> None:

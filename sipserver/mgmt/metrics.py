@@ -249,7 +249,8 @@ def _gauge(name: str, help_text: str, samples: Iterable[Sample]) -> Family:
 _STAT_FAMILIES = {
     "parse_errors": "Messages refused or dropped because they could not be parsed.",
     "rate_limited": "Requests over the per-source rate limit.",
-    "overload_rejected": "New UDP requests answered 503 because they waited too long in the socket queue (limits.overload_queue_delay).",
+    "overload_rejected": "New requests answered 503 by overload control (limits.overload_queue_delay; REGISTERs also limits.overload_store_delay).",
+    "overload_rejected_store": "New REGISTERs answered 503 because replies waited too long for the location store's write (limits.overload_store_delay).",
     "auth_failures": "Digest authentication attempts that failed (RFC 3261 §22).",
     "auth_banned": "Requests refused because their source is banned after failed logins.",
     "nat_keepalives_sent": "Keepalive OPTIONS sent down the flows of UDP phones without outbound ([nat]).",
@@ -334,6 +335,15 @@ def collect(server: Any, now: float) -> list[Family]:
             "How long the last UDP datagram read waited in its socket's receive queue (kernel "
             "timestamp; 0 when the queue was empty): compare with limits.overload_queue_delay.",
             [Sample((), round(getattr(server.flows, "udp_queue_delay", 0.0), 6))],
+        )
+    )
+    commit = getattr(server, "commit", None)
+    fams.append(
+        _gauge(
+            "sipserver_store_commit_wait_seconds",
+            "How long the oldest REGISTER reply held for the location store's write has waited "
+            "(0 when none is held): compare with limits.overload_store_delay.",
+            [Sample((), round(commit.age(server.clock.now()) if commit is not None else 0.0, 6))],
         )
     )
     lag = getattr(server, "loop_lag", None)
