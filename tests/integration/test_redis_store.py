@@ -166,6 +166,36 @@ async def test_a_redis_that_stops_answering_gets_register_503_within_its_timeout
     assert set(_bindings(redis)) == {"carol"}
 
 
+async def test_calls_to_known_phones_pass_while_a_frozen_redis_holds_a_register(
+    tmp_path: Path, redis: RedisServer  # noqa: F811
+) -> None:
+    """Issue 20: with Redis unreachable, calls to known bindings are still routed from the
+    local view. A REGISTER held for a frozen Redis used to count as server overload after
+    50 ms (issue 19: the group-commit age was in the one overload signal), so MESSAGEs and
+    INVITEs between registered phones were answered 503 (overload) until Redis timed out."""
+    async with running_server(tmp_path, store=_store(redis, redis_timeout=0.5)) as server:
+        bob = await UdpUA.open(addr(server, "udp"))
+        dave = await UdpUA.open(addr(server, "udp"))
+        carol = await UdpUA.open(addr(server, "udp"))
+        for ua, user in ((bob, "bob"), (dave, "dave")):
+            await ua.send(register(ua, user, expires=600))
+            assert (await ua.recv_response()).status == 200
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            await carol.send(register(carol, "carol", call_id="held", expires=600))
+            await trio.sleep(0.3)  # carol's REGISTER held for Redis: 6x the 50 ms queue limit
+            for n in range(3):
+                await _message_reaches(dave, bob, f"while Redis is frozen {n}")
+                await trio.sleep(0.1)
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        # Answered either way, never lost: 503 if Redis timed out first, 200 if it woke first.
+        held = await carol.recv_response(timeout=3.0)
+        assert held.status in (200, 503) and held.call_id == "held"
+    assert server.stats.get("overload_rejected") is None
+
+
 async def test_a_server_on_redis_is_not_held_overloaded_after_its_first_register(
     tmp_path: Path, redis: RedisServer  # noqa: F811
 ) -> None:
