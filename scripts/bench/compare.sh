@@ -3,8 +3,8 @@
 # registrar job, on the same machine, with the same clients.
 #
 #   scripts/bench/compare.sh [--rounds N] [--quick] [--only WORKLOAD[,WORKLOAD..]]
-#                            [--capacity | --no-capacity] [--workers N] [--wait-idle SECONDS]
-#                            [--keep] [--check]
+#                            [--capacity | --no-capacity] [--workers N] [--store memory]
+#                            [--wait-idle SECONDS] [--keep] [--check]
 #
 # Servers (both on 127.0.0.1, free ports, started fresh for every measurement, stopped after):
 #   sipserver  `$PYTHON -m sipserver run -c FILE` from this checkout: SQLite location store (the
@@ -104,6 +104,10 @@
 # hash of the 4-tuple, so one sipp process (one source port or connection) would load one
 # worker: each step runs at least SWEEP_MIN_PROCS (default 2N) REGISTER / caller sipp processes,
 # for both servers; the hash still need not split them evenly.
+# --store memory: sipserver keeps its bindings in memory only (store.backend = "memory"), as
+# Kamailio's usrloc does here (db_mode 0): no SQLite writer, no fsync, nothing survives a
+# restart. Not what sipserver ships (SQLite is its default); it shows how much of the gap is
+# durability. Capacity sweeps only, keys suffixed _mem (after any _wN).
 # --wait-idle S: before each run wait up to S seconds for the machine to be idle (default 0).
 # --keep (or KEEP_WORK=1) keeps the work directory: server logs, sipp stats and error logs.
 # --check: only check that the tools are there (exit 0 if so, 2 if not) and say which are used.
@@ -126,6 +130,7 @@ IDLE_WAIT=0
 CHECK=0
 CAPACITY_MODE=both     # both | only (--capacity) | none (--no-capacity)
 WORKERS=1
+STORE=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) [ $# -ge 2 ] || usage; ROUNDS="$2"; shift 2 ;;
@@ -137,6 +142,7 @@ while [ $# -gt 0 ]; do
         --capacity) CAPACITY_MODE=only; shift ;;
         --no-capacity) CAPACITY_MODE=none; shift ;;
         --workers) [ $# -ge 2 ] || usage; WORKERS="$2"; shift 2 ;;
+        --store) [ $# -ge 2 ] && [ "$2" = memory ] || usage; STORE="$2"; shift 2 ;;
         -h|--help) usage ;;
         *) usage ;;
     esac
@@ -147,6 +153,11 @@ done
 [[ "$WORKERS" =~ ^[0-9]+$ && "$WORKERS" -ge 1 && "$WORKERS" -le 32 ]] || usage
 if [ "$WORKERS" -gt 1 ]; then
     [ "$CAPACITY_MODE" = none ] && { echo "--workers $WORKERS: measures the capacity sweeps only; --no-capacity leaves nothing" >&2; exit 2; }
+    CAPACITY_MODE=only
+fi
+if [ -n "$STORE" ]; then
+    [ "$WORKERS" -gt 1 ] && { echo "--store memory: one process only (--workers needs Redis)" >&2; exit 2; }
+    [ "$CAPACITY_MODE" = none ] && { echo "--store memory: measures the capacity sweeps only; --no-capacity leaves nothing" >&2; exit 2; }
     CAPACITY_MODE=only
 fi
 SELECTED=""
@@ -213,6 +224,7 @@ fi
 : "${SWEEP_MIN_PROCS:=$([ "$WORKERS" -gt 1 ] && echo $((2 * WORKERS)) || echo 1)}"
 CAP_SUFFIX=""
 [ "$WORKERS" -gt 1 ] && CAP_SUFFIX="_w$WORKERS"
+[ -n "$STORE" ] && CAP_SUFFIX+="_mem"
 export SIPP_LIMIT_CORES SWEEP_BUSY_S CAP_SUFFIX
 [[ "$SWEEP_DUR" =~ ^[0-9]+$ && "$SWEEP_DUR" -ge 2 ]] || { echo "SWEEP_DUR must be >= 2 (s)" >&2; exit 2; }
 CAP_ALL="reg_udp reg_tcp calls"
@@ -287,7 +299,7 @@ start_server() {
     SERVER_LOG="$dir/server.log"
     SERVER_NAME="$name"
     if [ "$name" = sipserver ]; then
-        local store='backend = "sqlite"' extra="" wargs=()
+        local store="backend = \"${STORE:-sqlite}\"" extra="" wargs=()
         if [ "$WORKERS" -gt 1 ]; then
             start_redis "$dir/redis"
             store="backend = \"redis\"
@@ -836,6 +848,7 @@ echo "machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cp
 echo "versions: $("$KAMAILIO" -v 2>/dev/null | head -1 | sed 's/^version: //'); $(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1); $("$PYTHON" -V 2>&1); trio $("$PYTHON" -c 'import trio; print(trio.__version__)')"
 [ "$FIXED" = 1 ] && echo "sizes: rounds=$ROUNDS REG_RATE=$REG_RATE REG_TCPN_RATE=$REG_TCPN_RATE REG_DUR=$REG_DUR CALL_RATE=$CALL_RATE CALL_DUR=$CALL_DUR CALLEES=$CALLEES FLOWS=$FLOWS KA_INTERVAL=$KA_INTERVAL KA_DUR=$KA_DUR FO_CLOSE=$FO_CLOSE FO_430=$FO_430"
 [ "$CAP" = 1 ] && echo "sweep: SWEEP_DUR=$SWEEP_DUR SWEEP_FACTOR=$SWEEP_FACTOR SWEEP_STEPS=$SWEEP_STEPS SWEEP_BISECT=$SWEEP_BISECT SWEEP_REG_START=$SWEEP_REG_START SWEEP_CALL_START=$SWEEP_CALL_START SWEEP_P99_MS=$SWEEP_P99_MS SWEEP_RECV_TIMEOUT_MS=$SWEEP_RECV_TIMEOUT_MS SWEEP_SIPP_RATE=$SWEEP_SIPP_RATE SWEEP_CALLER_RATE=$SWEEP_CALLER_RATE SWEEP_CALLEE_RATE=$SWEEP_CALLEE_RATE CALLEES=$CALLEES SIPP_LIMIT_CORES=$SIPP_LIMIT_CORES (fresh server per step)"
+[ -n "$STORE" ] && echo "sipserver: store.backend = \"$STORE\" (bindings in memory only, as Kamailio's db_mode 0; not sipserver's default), keys suffixed $CAP_SUFFIX"
 [ "$WORKERS" -gt 1 ] && echo "sipserver: --workers $WORKERS, Redis $(redis-server --version | grep -o 'v=[^ ]*') on loopback (one per server start, AOF everysec), SWEEP_MIN_PROCS=$SWEEP_MIN_PROCS; its CPU = supervisor + workers + store writers + redis-server; keys suffixed $CAP_SUFFIX"
 echo "workloads:$SELECTED$([ "$FIXED" = 0 ] && echo ' (capacity sweeps only)')$([ "$CAP" = 0 ] && echo ' (no capacity sweeps)')"
 echo "work dir: $WORK"

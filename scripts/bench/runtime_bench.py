@@ -69,6 +69,16 @@ async def main(args: argparse.Namespace) -> None:
                 },
                 "store": {"backend": "sqlite" if args.sqlite else "memory"},
                 "rate_limit": {"enabled": False},
+                # This loop hands REGISTERs over faster than any socket could, yielding every
+                # 64: with the SQLite store the 200s held for the group commit wait for those
+                # turns, overload control would see a saturated server and shed most of them
+                # (10,000 of 15,000 did), and the figure would be the cost of a 503. Off for
+                # --sqlite, so that it is the full path; the shed options set the shedder.
+                "limits": (
+                    {"overload_queue_delay": 0, "overload_store_delay": 0}
+                    if args.sqlite and not (args.shed or args.shed_share)
+                    else {}
+                ),
             }
         )
         setup_logging(cfg.server.log_level, cfg.server.log_format)
