@@ -26,12 +26,12 @@ from pathlib import Path
 from types import ModuleType
 
 # The modules compiled by scripts/build-native: the message model and parser, the registrar's
-# REGISTER procedure and location store, the proxy procedure and its route processing, and the
-# sans-IO helpers mypyc compiles unchanged. The transaction machines and flow tokens use
-# ``attrs.field`` definitions and class-body transition tables mypyc cannot compile today
-# (docs/performance.md, "mypyc"). transaction/timers.py compiles but is left out: compiled
-# code checks declared types, so a string for a timer would raise TypeError, not the
-# TransactionError its check gives; it runs once per start, nothing is gained.
+# REGISTER procedure and location store, the proxy procedure and its route processing, the
+# transaction machines, and the sans-IO helpers mypyc compiles unchanged. Flow tokens use
+# ``attrs.field`` definitions mypyc cannot compile today (docs/performance.md, "mypyc").
+# transaction/timers.py compiles but is left out: compiled code checks declared types, so a
+# string for a timer would raise TypeError, not the TransactionError its check gives; it runs
+# once per start, nothing is gained.
 MODULES: tuple[str, ...] = (
     "sipserver.sip.errors",
     "sipserver.sip.limits",
@@ -45,6 +45,9 @@ MODULES: tuple[str, ...] = (
     "sipserver.transaction.errors",
     "sipserver.transaction.events",
     "sipserver.transaction.table",
+    "sipserver.transaction.machine",
+    "sipserver.transaction.server",
+    "sipserver.transaction.client",
     "sipserver.registrar.binding",
     "sipserver.registrar.gruu",
     "sipserver.registrar.store",

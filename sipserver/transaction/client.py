@@ -18,8 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import attrs
 
 from ..sip import ParseError, Request, Response, make_ack_for_non2xx
@@ -164,24 +162,30 @@ class InviteClientTransaction(_ClientTransaction):
     def _resend_ack(self, response: Response, now: float) -> list[Action]:
         return [Send(self.ack, retransmission=True)] if self.ack is not None else []
 
-    TRANSITIONS: ClassVar[Transitions] = {
-        (St.CALLING, In.TIMER_A): (_retransmit, St.CALLING),
-        (St.CALLING, In.TIMER_B): (_ClientTransaction._timeout, St.TERMINATED),
-        (St.CALLING, In.PROVISIONAL): (_provisional, St.PROCEEDING),
-        (St.CALLING, In.SUCCESS): (_accepted, St.ACCEPTED),
-        (St.CALLING, In.FAILURE): (_rejected, St.COMPLETED),
-        (St.CALLING, In.TRANSPORT_ERROR): (_ClientTransaction._transport_failed, St.TERMINATED),
-        (St.PROCEEDING, In.PROVISIONAL): (_ClientTransaction._deliver, St.PROCEEDING),
-        (St.PROCEEDING, In.SUCCESS): (_accepted, St.ACCEPTED),
-        (St.PROCEEDING, In.FAILURE): (_rejected, St.COMPLETED),
-        (St.PROCEEDING, In.TRANSPORT_ERROR): (_ClientTransaction._transport_failed, St.TERMINATED),
-        (St.COMPLETED, In.FAILURE): (_resend_ack, St.COMPLETED),
-        (St.COMPLETED, In.TIMER_D): (TransactionMachine._nothing, St.TERMINATED),
-        (St.COMPLETED, In.TRANSPORT_ERROR): (_ClientTransaction._transport_failed, St.TERMINATED),
-        # RFC 6026 §7.2: each retransmitted 2xx goes up too (a proxy forwards every one).
-        (St.ACCEPTED, In.SUCCESS): (_ClientTransaction._deliver, St.ACCEPTED),
-        (St.ACCEPTED, In.TIMER_M): (TransactionMachine._nothing, St.TERMINATED),
-    }
+    def _table(self) -> Transitions:
+        return INVITE_CLIENT_TRANSITIONS
+
+
+# RFC 3261 §17 transitions of InviteClientTransaction: (state, input) -> (handler, next state),
+# outside the class body so that mypyc can compile the class (scripts/build-native).
+INVITE_CLIENT_TRANSITIONS: Transitions = {
+    (St.CALLING, In.TIMER_A): (InviteClientTransaction._retransmit, St.CALLING),
+    (St.CALLING, In.TIMER_B): (_ClientTransaction._timeout, St.TERMINATED),
+    (St.CALLING, In.PROVISIONAL): (InviteClientTransaction._provisional, St.PROCEEDING),
+    (St.CALLING, In.SUCCESS): (InviteClientTransaction._accepted, St.ACCEPTED),
+    (St.CALLING, In.FAILURE): (InviteClientTransaction._rejected, St.COMPLETED),
+    (St.CALLING, In.TRANSPORT_ERROR): (_ClientTransaction._transport_failed, St.TERMINATED),
+    (St.PROCEEDING, In.PROVISIONAL): (_ClientTransaction._deliver, St.PROCEEDING),
+    (St.PROCEEDING, In.SUCCESS): (InviteClientTransaction._accepted, St.ACCEPTED),
+    (St.PROCEEDING, In.FAILURE): (InviteClientTransaction._rejected, St.COMPLETED),
+    (St.PROCEEDING, In.TRANSPORT_ERROR): (_ClientTransaction._transport_failed, St.TERMINATED),
+    (St.COMPLETED, In.FAILURE): (InviteClientTransaction._resend_ack, St.COMPLETED),
+    (St.COMPLETED, In.TIMER_D): (TransactionMachine._nothing, St.TERMINATED),
+    (St.COMPLETED, In.TRANSPORT_ERROR): (_ClientTransaction._transport_failed, St.TERMINATED),
+    # RFC 6026 §7.2: each retransmitted 2xx goes up too (a proxy forwards every one).
+    (St.ACCEPTED, In.SUCCESS): (_ClientTransaction._deliver, St.ACCEPTED),
+    (St.ACCEPTED, In.TIMER_M): (TransactionMachine._nothing, St.TERMINATED),
+}
 
 
 @attrs.define(eq=False, slots=True, init=False)
@@ -226,21 +230,27 @@ class NonInviteClientTransaction(_ClientTransaction):
         self._arm(In.TIMER_K, now, self.timers.timer_k(self.reliable))
         return [DeliverResponse(response)]
 
-    TRANSITIONS: ClassVar[Transitions] = {
-        (St.TRYING, In.TIMER_E): (_retransmit_trying, St.TRYING),
-        (St.TRYING, In.TIMER_F): (_ClientTransaction._timeout, St.TERMINATED),
-        (St.TRYING, In.PROVISIONAL): (_ClientTransaction._deliver, St.PROCEEDING),
-        (St.TRYING, In.SUCCESS): (_completed, St.COMPLETED),
-        (St.TRYING, In.FAILURE): (_completed, St.COMPLETED),
-        (St.TRYING, In.TRANSPORT_ERROR): (_ClientTransaction._transport_failed, St.TERMINATED),
-        (St.PROCEEDING, In.TIMER_E): (_retransmit_proceeding, St.PROCEEDING),
-        (St.PROCEEDING, In.TIMER_F): (_ClientTransaction._timeout, St.TERMINATED),
-        (St.PROCEEDING, In.PROVISIONAL): (_ClientTransaction._deliver, St.PROCEEDING),
-        (St.PROCEEDING, In.SUCCESS): (_completed, St.COMPLETED),
-        (St.PROCEEDING, In.FAILURE): (_completed, St.COMPLETED),
-        (St.PROCEEDING, In.TRANSPORT_ERROR): (_ClientTransaction._transport_failed, St.TERMINATED),
-        (St.COMPLETED, In.TIMER_K): (TransactionMachine._nothing, St.TERMINATED),
-    }
+    def _table(self) -> Transitions:
+        return NON_INVITE_CLIENT_TRANSITIONS
+
+
+# RFC 3261 §17 transitions of NonInviteClientTransaction: (state, input) -> (handler, next state),
+# outside the class body so that mypyc can compile the class (scripts/build-native).
+NON_INVITE_CLIENT_TRANSITIONS: Transitions = {
+    (St.TRYING, In.TIMER_E): (NonInviteClientTransaction._retransmit_trying, St.TRYING),
+    (St.TRYING, In.TIMER_F): (_ClientTransaction._timeout, St.TERMINATED),
+    (St.TRYING, In.PROVISIONAL): (_ClientTransaction._deliver, St.PROCEEDING),
+    (St.TRYING, In.SUCCESS): (NonInviteClientTransaction._completed, St.COMPLETED),
+    (St.TRYING, In.FAILURE): (NonInviteClientTransaction._completed, St.COMPLETED),
+    (St.TRYING, In.TRANSPORT_ERROR): (_ClientTransaction._transport_failed, St.TERMINATED),
+    (St.PROCEEDING, In.TIMER_E): (NonInviteClientTransaction._retransmit_proceeding, St.PROCEEDING),
+    (St.PROCEEDING, In.TIMER_F): (_ClientTransaction._timeout, St.TERMINATED),
+    (St.PROCEEDING, In.PROVISIONAL): (_ClientTransaction._deliver, St.PROCEEDING),
+    (St.PROCEEDING, In.SUCCESS): (NonInviteClientTransaction._completed, St.COMPLETED),
+    (St.PROCEEDING, In.FAILURE): (NonInviteClientTransaction._completed, St.COMPLETED),
+    (St.PROCEEDING, In.TRANSPORT_ERROR): (_ClientTransaction._transport_failed, St.TERMINATED),
+    (St.COMPLETED, In.TIMER_K): (TransactionMachine._nothing, St.TERMINATED),
+}
 
 
 ClientTransaction = InviteClientTransaction | NonInviteClientTransaction

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 import attrs
 
@@ -99,6 +99,13 @@ class Scheduler(Protocol):
 
 Transitions = Mapping[tuple[TransactionState, Input], tuple[Handler, TransactionState]]
 
+_NO_TRANSITIONS: Transitions = {}
+
+# What the runtime hangs on a transaction, opaque here. A module-level name: compiled with
+# mypyc, an attrs class's field annotations are looked up in the module's globals, where the
+# builtin ``object`` is not.
+Opaque = object
+
 
 @attrs.define(eq=False, slots=True)
 class TransactionMachine:
@@ -107,13 +114,11 @@ class TransactionMachine:
     Instances compare by identity (a transaction is a thing, not a value), so they can key
     dicts and sit in the table's heap. The concrete classes have their own constructors."""
 
-    TRANSITIONS: ClassVar[Transitions] = {}
-
     reliable: bool
     timers: TimerConfig
     state: TransactionState
     # Opaque to the transaction layer: the runtime's note of where ``Send`` goes (a Flow).
-    context: object
+    context: Opaque
     # Running timers by ``Input.value`` (an int, not the enum member): a dict of ints and floats
     # drops out of the garbage collector's sight, and a completed UDP transaction sits for 32 s
     # with Timer J armed.
@@ -124,7 +129,7 @@ class TransactionMachine:
     scheduler: Scheduler | None = attrs.field(init=False, default=None, repr=False)
     # Opaque to the transaction layer: what the runtime's core hangs on this transaction (the
     # proxy job a server transaction answers, the branch a client transaction carries).
-    owner: object = attrs.field(init=False, default=None, repr=False)
+    owner: Opaque = attrs.field(init=False, default=None, repr=False)
 
     # ------------------------------------------------------------------ public
     @property
@@ -168,8 +173,14 @@ class TransactionMachine:
             self.scheduler.update(self)
         return actions
 
+    def _table(self) -> Transitions:
+        """This machine's ``(state, input) -> (handler, next state)`` table (each concrete
+        class returns its own, a module-level constant: a table in the class body, naming the
+        class's methods, is what mypyc cannot compile)."""
+        return _NO_TRANSITIONS
+
     def _step(self, event: Input, message: object, now: float) -> list[Action]:
-        entry = self.TRANSITIONS.get((self.state, event))
+        entry = self._table().get((self.state, event))
         if entry is None:
             return []
         handler, next_state = entry

