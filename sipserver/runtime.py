@@ -49,7 +49,7 @@ from .registrar import (
     survives_restart,
 )
 from .registrar import RemovalCause as StoreRemoval
-from .shedding import overload_warning, shed_early, shed_register
+from .shedding import overload_warning, shed_early, shed_register, store_behind
 from .sip import ParseError, Request, Response, make_response, parse_message
 from .sip.build import phrase_with_detail
 from .sip.framer import FramingError
@@ -365,8 +365,9 @@ class Server:
         if self.shedder.limit > 0 and req.to_tag is None and self.shedder.overloaded(self._queue_delay(now), now):
             await self._shed(req, flow)  # in-dialog requests (BYE above all) end work: never shed
             return
-        if method == "REGISTER" and req.to_tag is None and await shed_register(self, req, flow, now):
-            return  # the location store falls behind (limits.overload_store_delay)
+        if method == "REGISTER" and req.to_tag is None and store_behind(self, now):
+            await shed_register(self, req, flow, now)  # limits.overload_store_delay
+            return
         cls = InviteServerTransaction if method == "INVITE" else NonInviteServerTransaction
         txn = cls(req, flow.transport.reliable, self.timers, now, context=response_flow(req, flow))
         self.transactions.add(txn)
@@ -410,8 +411,7 @@ class Server:
 
     def _queue_delay(self, now: float) -> float:
         """The overload signal (issue 19): the longest of the socket queues' delays (kernel
-        receive timestamps, UDP and plain TCP), the event loop's lag (every transport) and the
-        oldest held REGISTER reply's wait outside the store's writes (shedding.shed_register)."""
+        timestamps), the event loop's lag and held REGISTER replies' wait outside store writes."""
         return max(
             self.flows.udp_queue_delay, self.flows.stream_queue_delay, self.loop_lag.lag,
             self.commit.age_outside_writes(now),

@@ -9,7 +9,7 @@ from .overload import Shedder
 from .shed import SHED_TAG, acks_shed_503, early_503, in_shed_dialog
 from .transport.errors import FlowGone
 
-__all__ = ["overload_warning", "shed_early", "shed_register"]
+__all__ = ["overload_warning", "shed_early", "shed_register", "store_behind"]
 
 _NOT_NEW = (b"SIP/", b"ACK ", b"CANCEL ")
 
@@ -71,9 +71,9 @@ async def shed_early(server: Any, flow: Any, data: bytes) -> bool:
     return True
 
 
-async def shed_register(server: Any, req: Any, flow: Any, now: float) -> bool:
-    """A new REGISTER answered 503 with Retry-After (RFC 3261 §21.5.4) because the location
-    store falls behind (``limits.overload_store_delay``); False: handle it.
+def store_behind(server: Any, now: float) -> bool:
+    """Whether to answer this new REGISTER 503 because the location store falls behind
+    (``limits.overload_store_delay``; ``shed_register`` answers it).
 
     The signal is the age of the oldest reply held for the group commit, the writes' own time
     included. The server's signal (``Server._queue_delay``) leaves that time out, because a
@@ -83,10 +83,16 @@ async def shed_register(server: Any, req: Any, flow: Any, now: float) -> bool:
     REGISTERs write to the store, so only they are refused when it does fall behind."""
     shedder: Shedder = server.store_shedder
     commit = server.commit
-    if shedder.limit <= 0 or not commit.durable:
-        return False
-    if not (shedder.update(commit.age(now), now) and shedder.take()):
-        return False
+    return (
+        shedder.limit > 0 and commit.durable and shedder.update(commit.age(now), now) and shedder.take()
+    )
+
+
+async def shed_register(server: Any, req: Any, flow: Any, now: float) -> None:
+    """The 503 with Retry-After (RFC 3261 §21.5.4) of a REGISTER ``store_behind`` refused,
+    stateless like every overload 503, and its (rate-limited) warning."""
+    shedder: Shedder = server.store_shedder
+    commit = server.commit
     server.count("overload_rejected")
     server.count("overload_rejected_store")
     retry = server.cfg.limits.overload_retry_after
@@ -99,7 +105,6 @@ async def shed_register(server: Any, req: Any, flow: Any, now: float) -> bool:
     await server.reply(
         req, flow, 503, "Service Unavailable (location store overloaded)", [("Retry-After", str(retry))]
     )
-    return True
 
 
 def _server_header(server: Any) -> bytes:
