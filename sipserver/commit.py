@@ -109,9 +109,7 @@ class GroupCommit:
             await self._wake.wait()
             self._wake = trio.Event()
             batch, self._pending = self._pending, []
-            replies, self._replies = self._replies, []
-            self._writing_since, self._queued_since = self._queued_since, None
-            self._writing_mark = self._queued_mark
+            replies = self._take_replies()
             if batch and self.writer is not None:
                 try:
                     await self._write(*batch_rows(batch))
@@ -121,6 +119,14 @@ class GroupCommit:
                     log.exception("writing %d binding changes failed", len(batch))
             await self.send_replies(replies)
             self._writing_since = None
+
+    def _take_replies(self) -> list[tuple[Any, Any]]:
+        """The replies held for the batch about to be written; their age (``age``,
+        ``age_outside_writes``) now follows that batch until ``send_replies`` is done."""
+        replies, self._replies = self._replies, []
+        self._writing_since, self._queued_since = self._queued_since, None
+        self._writing_mark = self._queued_mark
+        return replies
 
     async def send_replies(self, replies: Sequence[tuple[Any, Any]]) -> None:
         """Send held replies 64 at a time, letting the readers in between (a big batch), each

@@ -273,10 +273,7 @@ class RedisCommit(GroupCommit):
                 await self._wake.wait()
             self._wake = trio.Event()
             batch = self._batch()
-            replies, self._replies = self._replies, []
-            # the overload signal (``age``) follows the held replies, as in GroupCommit.run
-            self._writing_since, self._queued_since = self._queued_since, None
-            self._writing_mark = self._queued_mark
+            replies = self._take_replies()
             ok = await self._write_batch(batch)
             await self.send_replies(replies if ok else [(txn, self.unavailable(resp)) for txn, resp in replies])
             self._writing_since = None
